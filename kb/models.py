@@ -1,0 +1,225 @@
+"""The data of kb: collections and who may read them, documents and their chunks, conversations."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.db import models
+from django.db.models import Q
+from pgvector.django import HnswIndex, VectorField
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer", "Viewer"
+    EDITOR = "editor", "Editor"
+    OWNER = "owner", "Owner"
+
+    @property
+    def rank(self) -> int:
+        return ROLE_RANK[self]
+
+
+ROLE_RANK = {Role.VIEWER: 1, Role.EDITOR: 2, Role.OWNER: 3}
+
+
+class CollectionQuerySet(models.QuerySet):
+    def readable_by(self, user) -> CollectionQuerySet:
+        from kb import access
+
+        return self.filter(pk__in=access.readable_collection_ids(user))
+
+
+class Collection(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = CollectionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CollectionGrant(models.Model):
+    """One line of a collection's access list: a user or a group, with a role."""
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="grants")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="kb_grants"
+    )
+    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.CASCADE, related_name="kb_grants")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False) & Q(group__isnull=True))
+                | (Q(user__isnull=True) & Q(group__isnull=False)),
+                name="grant_user_xor_group",
+            ),
+            models.UniqueConstraint(
+                fields=["collection", "user"], condition=Q(user__isnull=False), name="grant_unique_user"
+            ),
+            models.UniqueConstraint(
+                fields=["collection", "group"], condition=Q(group__isnull=False), name="grant_unique_group"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user or self.group} → {self.collection}: {self.role}"
+
+
+class DocumentQuerySet(models.QuerySet):
+    def readable_by(self, user) -> DocumentQuerySet:
+        from kb import access
+
+        return self.filter(collection_id__in=access.readable_collection_ids(user))
+
+
+class Document(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        PROCESSING = "processing", "Processing"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="documents")
+    title = models.CharField(max_length=500)
+    # The file name as uploaded, or the path inside an uploaded folder or archive.
+    source_path = models.CharField(max_length=1000)
+    content_hash = models.CharField(max_length=64)
+    file = models.FileField(upload_to="documents/%Y/%m/", max_length=500)
+    size = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    # Human-readable stage while processing ("parsing", "embedding"), and progress counts.
+    stage = models.CharField(max_length=40, blank=True)
+    progress_done = models.IntegerField(default=0)
+    progress_total = models.IntegerField(default=0)
+    error = models.TextField(blank=True)
+    chunk_count = models.IntegerField(default=0)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DocumentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["source_path"]
+        constraints = [
+            models.UniqueConstraint(fields=["collection", "source_path"], name="document_unique_source"),
+        ]
+        indexes = [models.Index(fields=["collection", "status"])]
+
+    def __str__(self) -> str:
+        return self.source_path
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.READY, self.Status.FAILED)
+
+
+class ChunkQuerySet(models.QuerySet):
+    def readable_by(self, user) -> ChunkQuerySet:
+        from kb import access
+
+        return self.in_collections(access.readable_collection_ids(user))
+
+    def in_collections(self, collection_ids) -> ChunkQuerySet:
+        return self.filter(collection_id__in=collection_ids)
+
+
+class Chunk(models.Model):
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    # Denormalised from the document so that access filters on retrieval need no join.
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="+")
+    ordinal = models.IntegerField()
+    text = models.TextField()
+    heading_path = models.CharField(max_length=1000, blank=True)
+    page = models.IntegerField(null=True, blank=True)
+    # Offsets of the chunk in the document's extracted text, for highlighting.
+    start_char = models.IntegerField(null=True, blank=True)
+    end_char = models.IntegerField(null=True, blank=True)
+    embedding = VectorField(dimensions=settings.KB_EMBED_DIM)
+    search_vector = models.GeneratedField(
+        expression=SearchVector("heading_path", "text", config=settings.KB_FTS_CONFIG),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
+
+    objects = ChunkQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["document_id", "ordinal"]
+        constraints = [models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_unique_ordinal")]
+        indexes = [
+            HnswIndex(
+                name="chunk_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            ),
+            GinIndex(fields=["search_vector"], name="chunk_search_gin"),
+            models.Index(fields=["collection"], name="chunk_collection_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document} #{self.ordinal}"
+
+
+class ConversationQuerySet(models.QuerySet):
+    def owned_by(self, user) -> ConversationQuerySet:
+        return self.filter(user=user) if user.is_authenticated else self.none()
+
+
+class Conversation(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=200, blank=True)
+    collections = models.ManyToManyField(Collection, related_name="+", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ConversationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+
+class Message(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        STREAMING = "streaming", "Streaming"
+        COMPLETE = "complete", "Complete"
+        NO_ANSWER = "no_answer", "No relevant sources"
+        INCOMPLETE = "incomplete", "Incomplete"
+        FAILED = "failed", "Failed"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    question = models.TextField()
+    answer = models.TextField(blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True)
+    # The numbered sources given to the model: [{"n", "chunk_id", "document_id", "title", ...}].
+    sources = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return self.question[:60]

