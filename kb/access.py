@@ -59,3 +59,20 @@ def can_manage(user, collection: Collection) -> bool:
 
 def can_create_collection(user) -> bool:
     return _is_admin(user)
+
+
+SYSTEM_USERNAME = "kb-system"
+
+
+def system_user():
+    """The operator's identity for the command line: may do everything, cannot sign in."""
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()  # noqa: N806
+    user, created = User.objects.get_or_create(
+        username=SYSTEM_USERNAME, defaults={"is_superuser": True, "is_staff": False, "is_active": True}
+    )
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user

@@ -70,3 +70,9 @@ def message_get(*, user, pk: int) -> Message:
         return Message.objects.select_related("conversation").get(pk=pk, conversation__in=conversation_list(user=user))
     except (Message.DoesNotExist, ValueError, TypeError):
         raise Http404("No such message.") from None
+
+
+def message_sources(*, user, message: Message) -> list[dict]:
+    """The message's sources that the user may still read (grants can be revoked after asking)."""
+    readable = set(Collection.objects.readable_by(user).values_list("pk", flat=True))
+    return [s for s in message.sources if s.get("collection_id") in readable]

@@ -1,0 +1,36 @@
+from django.contrib import admin
+
+from kb.models import Collection, CollectionGrant, Conversation, Document, Message
+
+
+class GrantInline(admin.TabularInline):
+    model = CollectionGrant
+    extra = 1
+    autocomplete_fields = ["user", "group"]
+
+
+@admin.register(Collection)
+class CollectionAdmin(admin.ModelAdmin):
+    list_display = ["name", "created_by", "created_at"]
+    search_fields = ["name"]
+    inlines = [GrantInline]
+
+
+@admin.register(Document)
+class DocumentAdmin(admin.ModelAdmin):
+    list_display = ["source_path", "collection", "status", "chunk_count", "updated_at"]
+    list_filter = ["status", "collection"]
+    search_fields = ["source_path", "title"]
+    readonly_fields = ["content_hash", "status", "stage", "progress_done", "progress_total", "error", "chunk_count"]
+
+
+class MessageInline(admin.StackedInline):
+    model = Message
+    extra = 0
+    readonly_fields = ["question", "answer", "status", "error", "sources", "created_at", "finished_at"]
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "user", "updated_at"]
+    inlines = [MessageInline]

@@ -1,0 +1,92 @@
+"""The one client of the model server (TGI in production, llama.cpp's server locally).
+
+Both speak the OpenAI-style chat API that huggingface_hub's InferenceClient uses, so the
+same code streams from either. Failures become ModelServerError with a message a person
+can act on; the raw exception stays in the server log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+from django.conf import settings
+from huggingface_hub import AsyncInferenceClient, InferenceClient
+from huggingface_hub.errors import HfHubHTTPError
+
+try:  # huggingface_hub 2.x speaks through httpx2, 1.x through httpx
+    import httpx2 as http
+except ImportError:  # pragma: no cover
+    import httpx as http
+
+logger = logging.getLogger(__name__)
+
+
+class ModelServerError(Exception):
+    """The model server could not give an answer; str() says what a person can do."""
+
+
+def _friendly(exc: BaseException) -> ModelServerError:
+    url = settings.TGI_URL
+    if isinstance(exc, http.TimeoutException | TimeoutError):
+        msg = (
+            f"The model server at {url} did not answer within {settings.KB_LLM_TIMEOUT:g} s. "
+            "It may be overloaded; try again in a moment."
+        )
+    elif isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", "?")
+        msg = f"The model server at {url} answered with an error (HTTP {status}). Try again, or tell your operator."
+    elif isinstance(exc, http.ConnectError | ConnectionError):
+        msg = f"The model server at {url} cannot be reached. Ask your operator to start it (make llm)."
+    elif isinstance(exc, http.HTTPError):
+        msg = f"The connection to the model server at {url} broke off ({type(exc).__name__})."
+    else:
+        msg = f"The model server at {url} failed: {type(exc).__name__}."
+    logger.warning("model server error: %r", exc)
+    return ModelServerError(msg)
+
+
+def _params(messages: list[dict], max_tokens: int | None) -> dict:
+    return {
+        "messages": messages,
+        "model": settings.TGI_MODEL,
+        "stream": True,
+        "max_tokens": max_tokens or settings.KB_LLM_MAX_TOKENS,
+        "temperature": settings.KB_LLM_TEMPERATURE,
+    }
+
+
+def _delta(chunk) -> str:
+    choices = getattr(chunk, "choices", None) or []
+    if not choices:
+        return ""
+    return getattr(choices[0].delta, "content", None) or ""
+
+
+def stream_chat(messages: list[dict], *, max_tokens: int | None = None) -> Iterator[str]:
+    """Yield the answer's text pieces as the model server produces them."""
+    client = InferenceClient(base_url=settings.TGI_URL, timeout=settings.KB_LLM_TIMEOUT)
+    try:
+        for chunk in client.chat_completion(**_params(messages, max_tokens)):
+            piece = _delta(chunk)
+            if piece:
+                yield piece
+    except Exception as exc:  # every failure becomes one a person can read; logged in _friendly
+        raise _friendly(exc) from exc
+
+
+async def astream_chat(messages: list[dict], *, max_tokens: int | None = None) -> AsyncIterator[str]:
+    """Async twin of stream_chat for the ASGI views; closing it closes the HTTP stream."""
+    client = AsyncInferenceClient(base_url=settings.TGI_URL, timeout=settings.KB_LLM_TIMEOUT)
+    try:
+        stream = await client.chat_completion(**_params(messages, max_tokens))
+        async for chunk in stream:
+            piece = _delta(chunk)
+            if piece:
+                yield piece
+    except Exception as exc:  # every failure becomes one a person can read; logged in _friendly
+        raise _friendly(exc) from exc
+    finally:
+        close = getattr(client, "close", None)
+        if close is not None:
+            await close()

@@ -1,0 +1,97 @@
+"""Ask questions from the command line with the same services as the web view."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.http import Http404
+
+from kb import access, answering, selectors
+from kb.llm import ModelServerError
+
+
+class Command(BaseCommand):
+    help = "Retrieve and answer QUESTION (or one question per line of standard input)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("question", nargs="?", metavar="QUESTION")
+        parser.add_argument("--collection", action="append", required=True, metavar="NAME")
+        parser.add_argument("--user", metavar="USERNAME", help="ask with this user's access (default: operator)")
+        parser.add_argument("--top-k", type=int, default=None, metavar="K")
+        parser.add_argument("--no-generate", action="store_true", help="retrieve only")
+        parser.add_argument("--json", action="store_true", help="one JSON object per question")
+
+    def handle(self, *args, question, collection, user, top_k, no_generate, json: bool, **options):
+        if user:
+            actor = get_user_model().objects.filter(username=user, is_active=True).first()
+            if actor is None:
+                raise CommandError(f"No active user named {user!r}.")
+        else:
+            actor = access.system_user()
+        try:
+            collections = [selectors.collection_get_by_name(user=actor, name=name) for name in collection]
+        except Http404 as exc:
+            raise CommandError(str(exc)) from None
+        questions = [question] if question else (line.strip() for line in sys.stdin)
+        for q in questions:
+            if q:
+                self._ask(actor, q, collections, top_k=top_k, generate=not no_generate, as_json=json)
+
+    def _ask(self, actor, question: str, collections, *, top_k, generate: bool, as_json: bool) -> None:
+        started = time.perf_counter()
+        sources, _ = answering.retrieve_sources(user=actor, question=question, collections=collections, top_k=top_k)
+        retrieve_ms = (time.perf_counter() - started) * 1000
+        answer, first_token_ms, error = None, None, None
+        if generate:
+            prompt_sources = answering.fit_to_budget(sources, settings.KB_CONTEXT_TOKENS)
+            if not prompt_sources:
+                answer = "I found nothing in these collections that answers this question."
+            else:
+                sources = prompt_sources
+                pieces: list[str] = []
+                try:
+                    for piece in answering.stream_answer(question, sources):
+                        if first_token_ms is None:
+                            first_token_ms = (time.perf_counter() - started) * 1000
+                        pieces.append(piece)
+                        if not as_json:
+                            self.stdout.write(piece, ending="")
+                            self.stdout.flush()
+                except ModelServerError as exc:
+                    error = str(exc)
+                answer = "".join(pieces)
+        total_ms = (time.perf_counter() - started) * 1000
+        if as_json:
+            record = {
+                "question": question,
+                "answer": answer,
+                "sources": [
+                    {"rank": s["n"], "source": s["source"], "title": s["title"], "heading": s["heading"],
+                     "page": s["page"], "score": s["score"], "text": s["text"]}
+                    for s in sources
+                ],  # fmt: skip
+                "timings_ms": {
+                    "retrieve": round(retrieve_ms, 2),
+                    "first_token": round(first_token_ms, 2) if first_token_ms is not None else None,
+                    "total": round(total_ms, 2),
+                },
+            }
+            if error:
+                record["error"] = error
+            self.stdout.write(json.dumps(record, ensure_ascii=False))
+            self.stdout.flush()
+            return
+        if generate and answer is not None and not first_token_ms:
+            self.stdout.write(answer, ending="")
+        if error:
+            self.stderr.write(f"\n{error}")
+        self.stdout.write("\n\nSources:" if generate else "Sources:")
+        for s in sources:
+            where = " > ".join(x for x in [s["source"], s["heading"]] if x)
+            page = f" (page {s['page']})" if s["page"] else ""
+            self.stdout.write(f"  [{s['n']}] {where}{page}  score {s['score']:.4f}")

@@ -1,0 +1,334 @@
+"""Writes. Each service validates, then changes the database in one transaction, and
+enqueues background work only after that transaction commits."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from kb import access, answering, retrieval
+from kb.models import Chunk, Collection, CollectionGrant, Conversation, Document, Message, Role
+
+logger = logging.getLogger(__name__)
+
+
+# Collections and access ------------------------------------------------------------------
+
+
+@transaction.atomic
+def collection_create(*, user, name: str, description: str = "") -> Collection:
+    """Create a collection and make its creator its owner."""
+    name = name.strip()
+    if not name:
+        raise ValidationError("A collection needs a name.")
+    if Collection.objects.filter(name__iexact=name).exists():
+        raise ValidationError(f"A collection named {name!r} already exists.")
+    collection = Collection.objects.create(name=name, description=description, created_by=user)
+    if user is not None and user.is_authenticated:
+        CollectionGrant.objects.create(collection=collection, user=user, role=Role.OWNER)
+    return collection
+
+
+@transaction.atomic
+def collection_grant(*, collection: Collection, role: Role | str, user=None, group=None) -> CollectionGrant:
+    """Give a user or a group a role on a collection (replacing their previous role)."""
+    if (user is None) == (group is None):
+        raise ValidationError("Grant to exactly one of a user or a group.")
+    role = Role(role)
+    grant, _ = CollectionGrant.objects.update_or_create(
+        collection=collection, user=user, group=group, defaults={"role": role}
+    )
+    return grant
+
+
+@transaction.atomic
+def collection_revoke(*, collection: Collection, user=None, group=None) -> None:
+    """Remove a user's or a group's grant on a collection."""
+    CollectionGrant.objects.filter(collection=collection, user=user, group=group).delete()
+
+
+# Documents -------------------------------------------------------------------------------
+
+
+@dataclass
+class UploadOutcome:
+    document: Document
+    outcome: str  # "created" | "updated" | "unchanged"
+
+
+def _hash_file(file) -> str:
+    digest = hashlib.sha256()
+    file.seek(0)
+    for block in iter(lambda: file.read(1 << 20), b""):
+        digest.update(block)
+    file.seek(0)
+    return digest.hexdigest()
+
+
+def _clean_source_path(source_path: str) -> str:
+    path = PurePosixPath(source_path.replace("\\", "/"))
+    parts = [p for p in path.parts if p not in ("", ".", "/")]
+    if not parts or ".." in parts:
+        raise ValidationError(f"Unusable file name {source_path!r}.")
+    return "/".join(parts)[:1000]
+
+
+def _title_from(source_path: str) -> str:
+    return PurePosixPath(source_path).stem.replace("_", " ").replace("-", " ").strip() or source_path
+
+
+def document_upload(
+    *, user, collection: Collection, file, source_path: str, enqueue: bool = True
+) -> UploadOutcome:
+    """Store an uploaded file as a document of the collection and queue it for ingestion.
+
+    The same content again (under the same path, or any path of the collection) is
+    'unchanged' and costs no work; new content under a known path replaces that
+    document's chunks once the new version is processed. With enqueue=False the caller
+    processes it (kb_ingest --inline).
+    """
+    if not access.can_edit(user, collection):
+        raise PermissionError("You cannot add documents to this collection.")
+    source_path = _clean_source_path(source_path)
+    size = getattr(file, "size", None)
+    if size is None:
+        file.seek(0, 2)
+        size = file.tell()
+        file.seek(0)
+    max_bytes = settings.KB_MAX_UPLOAD_MB * 1024 * 1024
+    if size > max_bytes:
+        raise ValidationError(
+            f"{source_path} is {size / 1024 / 1024:.1f} MB; the limit is {settings.KB_MAX_UPLOAD_MB} MB."
+        )
+    if size == 0:
+        raise ValidationError(f"{source_path} is empty.")
+    content_hash = _hash_file(file)
+
+    with transaction.atomic():
+        existing = (
+            Document.objects.select_for_update().filter(collection=collection, source_path=source_path).first()
+        )
+        if existing and existing.content_hash == content_hash and existing.status != Document.Status.FAILED:
+            return UploadOutcome(existing, "unchanged")
+        if existing is None:
+            twin = Document.objects.filter(collection=collection, content_hash=content_hash).first()
+            if twin is not None and twin.status != Document.Status.FAILED:
+                return UploadOutcome(twin, "unchanged")
+        suffix = PurePosixPath(source_path).suffix.lower()[:16]
+        # Generated names: nothing a user typed becomes a path on disk.
+        stored_name = default_storage.save(f"documents/{uuid.uuid4().hex}{suffix}", File(file))
+        old_file = existing.file.name if existing else None
+        if existing is None:
+            document = Document.objects.create(
+                collection=collection,
+                title=_title_from(source_path),
+                source_path=source_path,
+                content_hash=content_hash,
+                file=stored_name,
+                size=size,
+                uploaded_by=user if getattr(user, "is_authenticated", False) else None,
+            )
+            outcome = "created"
+        else:
+            document = existing
+            document.content_hash = content_hash
+            document.file = stored_name
+            document.size = size
+            document.uploaded_by = user if getattr(user, "is_authenticated", False) else None
+            _set_status(document, Document.Status.QUEUED, stage="", done=0, total=0, error="")
+            outcome = "updated"
+        document.save()
+        if old_file and old_file != stored_name:
+            transaction.on_commit(lambda: default_storage.delete(old_file))
+        if enqueue:
+            _enqueue_ingest(document)
+    return UploadOutcome(document, outcome)
+
+
+def _enqueue_ingest(document: Document) -> None:
+    from ingestion.tasks import ingest_document
+
+    ingest_document.delay_on_commit(document.pk)
+
+
+def _set_status(document: Document, status: str, *, stage: str, done: int, total: int, error: str) -> None:
+    document.status = status
+    document.stage = stage
+    document.progress_done = done
+    document.progress_total = total
+    document.error = error
+
+
+def document_mark(
+    *, document_id: int, status: str, stage: str = "", done: int = 0, total: int = 0, error: str = ""
+) -> None:
+    """Record a document's state and progress (used by the worker while it runs)."""
+    Document.objects.filter(pk=document_id).update(
+        status=status, stage=stage, progress_done=done, progress_total=total, error=error, updated_at=timezone.now()
+    )
+
+
+def document_process(*, document_id: int) -> None:
+    """Parse, chunk, embed and store one document; idempotent, safe to run twice."""
+    from ingestion.errors import IngestError
+    from ingestion.pipeline import embed_texts, embedding_text, parse_and_chunk
+
+    document = Document.objects.filter(pk=document_id).first()
+    if document is None:
+        logger.info("document %s is gone; nothing to do", document_id)
+        return
+    if document.status == Document.Status.READY:
+        return  # a redelivered task for work already done
+    content_hash = document.content_hash
+    document_mark(document_id=document_id, status=Document.Status.PROCESSING, stage="parsing")
+    try:
+        with _local_file(document.file.name) as path:
+            if not path.exists():
+                raise IngestError("The uploaded file is missing from storage; upload it again.")
+            parsed = parse_and_chunk(path, source_path=document.source_path)
+        if not parsed.chunks:
+            raise IngestError("No text could be extracted from this file.")
+        total = len(parsed.chunks)
+        document_mark(document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", total=total)
+
+        def progress(done: int, _total: int) -> None:
+            document_mark(
+                document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", done=done, total=total
+            )
+
+        vectors = embed_texts(
+            [embedding_text(title=parsed.title, heading_path=c.heading_path, text=c.text) for c in parsed.chunks],
+            progress=progress,
+        )
+    except IngestError as exc:
+        document_mark(document_id=document_id, status=Document.Status.FAILED, error=str(exc))
+        logger.info("document %s failed: %s", document_id, exc)
+        return
+    document_replace_chunks(
+        document_id=document_id, content_hash=content_hash, title=parsed.title, chunks=parsed.chunks, vectors=vectors
+    )
+
+
+@contextmanager
+def _local_file(name: str) -> Iterator[Path]:
+    """A local path to a stored file: the file itself on disk storage, else a temporary copy."""
+    try:
+        yield Path(default_storage.path(name))
+        return
+    except NotImplementedError:
+        pass
+    with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as tmp, default_storage.open(name, "rb") as src:
+        shutil.copyfileobj(src, tmp)
+        tmp.flush()
+        yield Path(tmp.name)
+
+
+@transaction.atomic
+def document_replace_chunks(*, document_id: int, content_hash: str, title: str, chunks, vectors) -> bool:
+    """Swap a document's chunks for new ones in one transaction; False if the work is stale."""
+    document = Document.objects.select_for_update().filter(pk=document_id).first()
+    if document is None or document.content_hash != content_hash:
+        # Deleted, or re-uploaded while we worked: the newer version's task will store it.
+        return False
+    Chunk.objects.filter(document=document).delete()
+    Chunk.objects.bulk_create(
+        [
+            Chunk(
+                document=document,
+                collection_id=document.collection_id,
+                ordinal=i,
+                text=c.text,
+                heading_path=c.heading_path[:1000],
+                page=c.page,
+                start_char=c.start_char,
+                end_char=c.end_char,
+                embedding=vector,
+            )
+            for i, (c, vector) in enumerate(zip(chunks, vectors, strict=True))
+        ],
+        batch_size=500,
+    )
+    if title:
+        document.title = title[:500]
+    document.chunk_count = len(chunks)
+    _set_status(document, Document.Status.READY, stage="", done=len(chunks), total=len(chunks), error="")
+    document.save()
+    return True
+
+
+@transaction.atomic
+def document_delete(*, user, document: Document) -> None:
+    """Delete a document, its chunks and its stored file."""
+    if not access.can_edit(user, document.collection):
+        raise PermissionError("You cannot delete documents of this collection.")
+    name = document.file.name
+    document.delete()
+    transaction.on_commit(lambda: default_storage.delete(name))
+
+
+# Conversations ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def message_ask(
+    *,
+    user,
+    question: str,
+    collections: list[Collection],
+    conversation: Conversation | None = None,
+    top_k: int | None = None,
+) -> tuple[Message, retrieval.Result]:
+    """Record a question, retrieve its sources from what the user may read, and return the pending message."""
+    question = question.strip()
+    if not question:
+        raise ValidationError("Ask a question first.")
+    if len(question) > 2000:
+        raise ValidationError("Questions are limited to 2,000 characters.")
+    readable = [c for c in collections if access.can_read(user, c)]
+    if conversation is None:
+        conversation = Conversation.objects.create(user=user, title=question[:200])
+        conversation.collections.set(readable)
+    sources, result = answering.retrieve_sources(user=user, question=question, collections=readable, top_k=top_k)
+    sources = answering.fit_to_budget(sources, settings.KB_CONTEXT_TOKENS)
+    message = Message.objects.create(conversation=conversation, question=question, sources=sources)
+    if not sources:
+        message.status = Message.Status.NO_ANSWER
+        message.answer = "I found nothing in the collections you can read that answers this question."
+        message.finished_at = timezone.now()
+        message.save()
+    conversation.save(update_fields=["updated_at"])
+    return message, result
+
+
+def message_finish(*, message: Message, answer: str, status: str, error: str = "") -> Message:
+    """Store the generated answer (or what arrived of it) and how it ended."""
+    message.answer = answer
+    message.status = status
+    message.error = error
+    message.finished_at = timezone.now()
+    message.save(update_fields=["answer", "status", "error", "finished_at"])
+    return message
+
+
+def message_claim(*, message: Message) -> bool:
+    """Take a pending message for answering; False if another stream already has it."""
+    claimed = Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
+        status=Message.Status.STREAMING
+    )
+    if claimed:
+        message.status = Message.Status.STREAMING
+    return bool(claimed)

@@ -1,0 +1,167 @@
+"""Collections and documents: thin function views over selectors and services."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from kb import access, selectors, services
+from kb.answering import citation_url
+from kb.forms import AskForm, CollectionForm, UploadForm
+from kb.models import Role
+
+
+@require_GET
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    return TemplateResponse(
+        request,
+        "kb/home.html",
+        {
+            "collections": selectors.collection_list(user=request.user),
+            "conversations": selectors.conversation_list(user=request.user)[:20],
+            "form": CollectionForm(),
+            "can_create": access.can_create_collection(request.user),
+        },
+    )
+
+
+@require_POST
+@login_required
+def collection_create(request: HttpRequest) -> HttpResponse:
+    if not access.can_create_collection(request.user):
+        raise Http404
+    form = CollectionForm(request.POST)
+    if form.is_valid():
+        try:
+            collection = services.collection_create(user=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            form.add_error("name", exc)
+        else:
+            return redirect("collection_detail", pk=collection.pk)
+    return TemplateResponse(
+        request,
+        "kb/home.html",
+        {
+            "collections": selectors.collection_list(user=request.user),
+            "conversations": selectors.conversation_list(user=request.user)[:20],
+            "form": form,
+            "can_create": True,
+        },
+        status=400,
+    )
+
+
+def _collection_context(request: HttpRequest, collection) -> dict:
+    documents = list(selectors.document_list(user=request.user, collection=collection))
+    return {
+        "collection": collection,
+        "documents": documents,
+        "pending": any(not d.is_finished for d in documents),
+        "max_upload_mb": settings.KB_MAX_UPLOAD_MB,
+        "can_edit": access.can_edit(request.user, collection),
+        "upload_form": UploadForm(),
+        "ask_form": AskForm(),
+        "conversations": selectors.conversation_list(user=request.user)[:20],
+    }
+
+
+@require_GET
+@login_required
+def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = selectors.collection_get(user=request.user, pk=pk)
+    template = "kb/collection_detail.html"
+    if request.htmx:
+        template += "#documents"
+    return TemplateResponse(request, template, _collection_context(request, collection))
+
+
+@require_POST
+@login_required
+def document_upload(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = selectors.collection_get(user=request.user, pk=pk, minimum=Role.EDITOR)
+    form = UploadForm(request.POST, request.FILES)
+    errors: list[str] = []
+    if form.is_valid():
+        for upload in form.cleaned_data["files"]:
+            try:
+                outcome = services.document_upload(
+                    user=request.user, collection=collection, file=upload, source_path=upload.name
+                )
+            except ValidationError as exc:
+                errors.extend(exc.messages)
+            else:
+                messages.info(request, f"{outcome.document.source_path}: {outcome.outcome}.")
+    else:
+        errors.extend(e for field in form.errors.values() for e in field)
+    for error in errors:
+        messages.error(request, error)
+    if request.htmx:
+        return TemplateResponse(
+            request, "kb/collection_detail.html#documents", _collection_context(request, collection)
+        )
+    return redirect("collection_detail", pk=collection.pk)
+
+
+@require_GET
+@login_required
+def document_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    document = selectors.document_get(user=request.user, pk=pk)
+    if request.htmx and request.GET.get("part") == "status":
+        response = TemplateResponse(request, "kb/document_detail.html#document-status", {"document": document})
+        if document.is_finished:
+            # Tell htmx to stop polling, and reload once so the passages appear.
+            response = HttpResponseStopPolling()
+            response["HX-Refresh"] = "true"
+        return response
+    chunk_id = request.GET.get("chunk")
+    return TemplateResponse(
+        request,
+        "kb/document_detail.html",
+        {
+            "document": document,
+            "chunks": selectors.document_chunks(user=request.user, document=document),
+            "hit": int(chunk_id) if chunk_id and chunk_id.isdigit() else None,
+            "can_edit": access.can_edit(request.user, document.collection),
+        },
+    )
+
+
+@require_GET
+@login_required
+def document_download(request: HttpRequest, pk: int) -> HttpResponse:
+    document = selectors.document_get(user=request.user, pk=pk)
+    try:
+        handle = document.file.open("rb")
+    except FileNotFoundError:
+        raise Http404("The stored file is missing.") from None
+    response = FileResponse(handle, as_attachment=True, filename=document.source_path.rsplit("/", 1)[-1])
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@require_http_methods(["POST"])
+@login_required
+def document_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    document = selectors.document_get(user=request.user, pk=pk)
+    collection = document.collection
+    try:
+        services.document_delete(user=request.user, document=document)
+    except PermissionError:
+        raise Http404 from None
+    messages.info(request, f"Deleted {document.source_path}.")
+    return redirect("collection_detail", pk=collection.pk)
+
+
+@require_GET
+@login_required
+def chunk_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    chunk = selectors.chunk_get(user=request.user, pk=pk)
+    return redirect(citation_url({"document_id": chunk.document_id, "chunk_id": chunk.pk}))

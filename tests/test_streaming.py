@@ -1,0 +1,100 @@
+"""The SSE answer stream, through Django's ASGI stack (AsyncClient), against real servers."""
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient
+from django.urls import reverse
+
+from kb import services
+from kb.models import Message
+from tests.conftest import free_port
+from tests.factories import add_document, make_collection, make_user
+from tests.test_views import BACKUPS
+
+pytestmark = pytest.mark.django_db
+
+
+def read_stream(user, message) -> list[tuple[str, str]]:
+    """All (event, data) pairs the stream sends for a message."""
+
+    async def run():
+        client = AsyncClient()
+        await client.aforce_login(user)
+        response = await client.get(reverse("message_stream", args=[message.pk]))
+        assert response.status_code == 200
+        assert response["Content-Type"] == "text/event-stream"
+        body = b"".join([part async for part in response.streaming_content]).decode()
+        return body
+
+    events = []
+    for block in async_to_sync(run)().split("\n\n"):
+        if not block.strip():
+            continue
+        lines = block.split("\n")
+        event = lines[0].removeprefix("event: ")
+        data = "\n".join(line.removeprefix("data: ") for line in lines[1:])
+        events.append((event, data))
+    return events
+
+
+@pytest.fixture
+def asked():
+    user = make_user()
+    collection = make_collection(viewer=[user])
+    add_document(collection, "backups.md", BACKUPS)
+    message, _ = services.message_ask(user=user, question="When does the backup run?", collections=[collection])
+    return user, message
+
+
+def test_answer_streams_token_by_token_then_done(model_server, asked):
+    user, message = asked
+    events = read_stream(user, message)
+    tokens = [data for event, data in events if event == "token"]
+    assert len(tokens) > 3, "the answer should arrive in many pieces"
+    assert events[-1][0] == "done"
+    message.refresh_from_db()
+    assert message.status == Message.Status.COMPLETE
+    assert message.answer.strip()
+    assert f'id="message-{message.pk}"' in events[-1][1]
+
+
+def test_model_server_down_gives_an_actionable_error(settings, asked):
+    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
+    user, message = asked
+    events = read_stream(user, message)
+    assert [e for e, _ in events] == ["done"]
+    message.refresh_from_db()
+    assert message.status == Message.Status.FAILED
+    assert "cannot be reached" in message.error
+    assert "cannot be reached" in events[-1][1]
+
+
+def test_no_readable_source_answers_without_calling_the_model(settings):
+    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"  # would fail if called
+    user = make_user()
+    empty = make_collection(viewer=[user])
+    message, _ = services.message_ask(user=user, question="Anything?", collections=[empty])
+    assert message.status == Message.Status.NO_ANSWER
+    events = read_stream(user, message)
+    assert [e for e, _ in events] == ["done"]
+    assert "found nothing" in events[0][1]
+
+
+def test_a_second_stream_of_the_same_message_does_not_generate_again(settings, asked):
+    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
+    user, message = asked
+    Message.objects.filter(pk=message.pk).update(status=Message.Status.COMPLETE, answer="Nightly [1].")
+    events = read_stream(user, message)
+    assert [e for e, _ in events] == ["done"]
+    assert 'class="cite"' in events[0][1]
+
+
+def test_sources_of_a_revoked_collection_are_not_sent_to_the_model(settings, asked):
+    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
+    user, message = asked
+    collection_id = message.sources[0]["collection_id"]
+    services.collection_revoke(collection=message.conversation.collections.get(pk=collection_id), user=user)
+    events = read_stream(user, message)
+    message.refresh_from_db()
+    assert message.status == Message.Status.NO_ANSWER
+    assert "backups.md" not in events[-1][1]

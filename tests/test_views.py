@@ -1,0 +1,113 @@
+import pytest
+from django.urls import reverse
+
+from kb.models import Conversation, Message
+from tests.factories import add_document, make_collection, make_user
+
+pytestmark = pytest.mark.django_db
+
+BACKUPS = """# Backups
+
+## Schedule
+
+The database backup runs nightly at 02:00 and keeps fourteen copies.
+
+## Restore
+
+To restore, stop the application, then run the restore script with the date of the copy.
+"""
+
+
+@pytest.fixture
+def setup(client):
+    viewer, stranger = make_user("viewer"), make_user("stranger")
+    collection = make_collection("ops", viewer=[viewer])
+    document = add_document(collection, "backups.md", BACKUPS)
+    return {"viewer": viewer, "stranger": stranger, "collection": collection, "document": document}
+
+
+def test_pages_need_sign_in(client, setup):
+    response = client.get(reverse("collection_detail", args=[setup["collection"].pk]))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [("collection_detail", "collection"), ("document_detail", "document"), ("document_download", "document")],
+)
+def test_no_grant_gets_404_not_403(client, setup, name, key):
+    client.force_login(setup["stranger"])
+    assert client.get(reverse(name, args=[setup[key].pk])).status_code == 404
+    client.force_login(setup["viewer"])
+    assert client.get(reverse(name, args=[setup[key].pk])).status_code == 200
+
+
+def test_passage_link_of_unreadable_chunk_is_404(client, setup):
+    chunk = setup["document"].chunks.first()
+    client.force_login(setup["stranger"])
+    assert client.get(reverse("chunk_detail", args=[chunk.pk])).status_code == 404
+
+
+def test_citation_opens_document_with_the_passage_highlighted(client, setup):
+    chunk = setup["document"].chunks.get(heading_path__endswith="Restore")
+    client.force_login(setup["viewer"])
+    response = client.get(reverse("chunk_detail", args=[chunk.pk]), follow=True)
+    html = response.content.decode()
+    assert f'id="chunk-{chunk.pk}" class="passage passage-hit"' in html
+    assert html.count("passage-hit") == 1
+
+
+def test_viewer_cannot_upload(client, setup):
+    client.force_login(setup["viewer"])
+    response = client.post(
+        reverse("document_upload", args=[setup["collection"].pk]), {"files": [_file("x.md", "# x")]}
+    )
+    assert response.status_code == 404
+
+
+def test_htmx_collection_request_renders_only_the_documents_partial(client, setup):
+    client.force_login(setup["viewer"])
+    url = reverse("collection_detail", args=[setup["collection"].pk])
+    full = client.get(url).content.decode()
+    partial = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    assert "<html" in full and 'id="documents"' in full
+    assert "<html" not in partial and partial.lstrip().startswith('<section id="documents"')
+    assert "backups.md" in partial
+
+
+def test_document_status_polling_stops_when_ready(client, setup):
+    client.force_login(setup["viewer"])
+    url = reverse("document_detail", args=[setup["document"].pk]) + "?part=status"
+    response = client.get(url, headers={"HX-Request": "true"})
+    assert response.status_code == 286
+
+
+def test_ask_creates_a_conversation_with_sources_from_the_collection(client, setup):
+    client.force_login(setup["viewer"])
+    response = client.post(
+        reverse("collection_ask", args=[setup["collection"].pk]), {"question": "When does the backup run?"}
+    )
+    conversation = Conversation.objects.get(user=setup["viewer"])
+    assert response.status_code == 302 and response["Location"] == conversation.get_absolute_url()
+    message = conversation.messages.get()
+    assert message.status == Message.Status.PENDING
+    assert message.sources and message.sources[0]["source"] == "backups.md"
+    page = client.get(conversation.get_absolute_url()).content.decode()
+    assert reverse("message_stream", args=[message.pk]) in page
+
+
+def test_conversation_of_another_user_is_404(client, setup):
+    client.force_login(setup["viewer"])
+    client.post(reverse("collection_ask", args=[setup["collection"].pk]), {"question": "backup?"})
+    conversation = Conversation.objects.get(user=setup["viewer"])
+    client.force_login(setup["stranger"])
+    assert client.get(conversation.get_absolute_url()).status_code == 404
+    message = conversation.messages.get()
+    assert client.get(reverse("message_stream", args=[message.pk])).status_code == 404
+
+
+def _file(name, content):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile(name, content.encode())
