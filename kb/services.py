@@ -91,9 +91,7 @@ def _title_from(source_path: str) -> str:
     return PurePosixPath(source_path).stem.replace("_", " ").replace("-", " ").strip() or source_path
 
 
-def document_upload(
-    *, user, collection: Collection, file, source_path: str, enqueue: bool = True
-) -> UploadOutcome:
+def document_upload(*, user, collection: Collection, file, source_path: str, enqueue: bool = True) -> UploadOutcome:
     """Store an uploaded file as a document of the collection and queue it for ingestion.
 
     The same content again (under the same path, or any path of the collection) is
@@ -119,9 +117,7 @@ def document_upload(
     content_hash = _hash_file(file)
 
     with transaction.atomic():
-        existing = (
-            Document.objects.select_for_update().filter(collection=collection, source_path=source_path).first()
-        )
+        existing = Document.objects.select_for_update().filter(collection=collection, source_path=source_path).first()
         if existing and existing.content_hash == content_hash and existing.status != Document.Status.FAILED:
             return UploadOutcome(existing, "unchanged")
         if existing is None:

@@ -60,9 +60,7 @@ def test_citation_opens_document_with_the_passage_highlighted(client, setup):
 
 def test_viewer_cannot_upload(client, setup):
     client.force_login(setup["viewer"])
-    response = client.post(
-        reverse("document_upload", args=[setup["collection"].pk]), {"files": [_file("x.md", "# x")]}
-    )
+    response = client.post(reverse("document_upload", args=[setup["collection"].pk]), {"files": [_file("x.md", "# x")]})
     assert response.status_code == 404
 
 

@@ -71,8 +71,15 @@ class Command(BaseCommand):
                 "question": question,
                 "answer": answer,
                 "sources": [
-                    {"rank": s["n"], "source": s["source"], "title": s["title"], "heading": s["heading"],
-                     "page": s["page"], "score": s["score"], "text": s["text"]}
+                    {
+                        "rank": s["n"],
+                        "source": s["source"],
+                        "title": s["title"],
+                        "heading": s["heading"],
+                        "page": s["page"],
+                        "score": s["score"],
+                        "text": s["text"],
+                    }
                     for s in sources
                 ],  # fmt: skip
                 "timings_ms": {

@@ -1,0 +1,117 @@
+"""kb_ingest and kb_ask, run as an operator would run them."""
+
+import io
+import json
+import sys
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from kb.models import Collection, Document
+from tests.factories import make_collection, make_user
+from tests.test_retrieval import VACATION
+from tests.test_views import BACKUPS
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def docs(tmp_path):
+    root = tmp_path / "wiki"
+    (root / "ops").mkdir(parents=True)
+    (root / "ops" / "backups.md").write_text(BACKUPS)
+    (root / "hr").mkdir()
+    (root / "hr" / "vacation.md").write_text(VACATION)
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[core]")
+    return root
+
+
+def run(*args, stdin: str | None = None) -> str:
+    out = io.StringIO()
+    if stdin is not None:
+        old, sys.stdin = sys.stdin, io.StringIO(stdin)
+    try:
+        call_command(*args, stdout=out, stderr=io.StringIO())
+    finally:
+        if stdin is not None:
+            sys.stdin = old
+    return out.getvalue()
+
+
+def test_ingest_a_folder_inline_with_json_summary(docs):
+    summary = json.loads(run("kb_ingest", str(docs), "--collection", "Wiki", "--create", "--inline", "--json"))
+    assert summary["documents"] == 2 and summary["created"] == 2 and summary["failed"] == 0
+    assert summary["chunks"] == sum(Document.objects.values_list("chunk_count", flat=True)) > 0
+    paths = set(Document.objects.values_list("source_path", flat=True))
+    assert paths == {"ops/backups.md", "hr/vacation.md"}  # relative to the folder; hidden folders skipped
+    again = json.loads(run("kb_ingest", str(docs), "--collection", "Wiki", "--inline", "--json"))
+    assert again["unchanged"] == 2 and again["created"] == 0
+    assert Document.objects.count() == 2
+
+
+def test_ingest_needs_create_for_a_new_collection(docs):
+    with pytest.raises(CommandError, match="--create"):
+        run("kb_ingest", str(docs), "--collection", "Nope", "--inline")
+    assert not Collection.objects.filter(name="Nope").exists()
+
+
+def test_ingest_exits_non_zero_and_names_the_failed_file(tmp_path):
+    (tmp_path / "good.md").write_text(BACKUPS)
+    (tmp_path / "bad.pdf").write_bytes(b"%PDF-1.7 this is not really a pdf")
+    out = io.StringIO()
+    with pytest.raises(CommandError) as excinfo:
+        call_command("kb_ingest", str(tmp_path), "--collection", "C", "--create", "--inline", "--json", stdout=out)
+    assert excinfo.value.returncode == 1
+    summary = json.loads(out.getvalue())
+    assert summary["failed"] == 1 and summary["created"] == 2
+    assert summary["errors"][0]["source"] == "bad.pdf" and summary["errors"][0]["reason"]
+
+
+def test_ingest_through_the_real_worker(docs, celery_worker_process):
+    summary = json.loads(
+        run("kb_ingest", str(docs / "ops"), "--collection", "Q", "--create", "--json", "--timeout", "120")
+    )
+    assert summary["created"] == 1 and summary["failed"] == 0 and summary["chunks"] >= 2
+    assert Document.objects.get().status == Document.Status.READY
+
+
+@pytest.fixture
+def wiki(docs):
+    run("kb_ingest", str(docs), "--collection", "Wiki", "--create", "--inline", "--json")
+
+
+def test_ask_no_generate_json_lists_sources_best_first(wiki):
+    record = json.loads(run("kb_ask", "how many vacation days carry over", "--collection", "Wiki",
+                            "--no-generate", "--json", "--top-k", "3"))  # fmt: skip
+    assert record["answer"] is None
+    assert [s["rank"] for s in record["sources"]] == [1, 2, 3]
+    assert record["sources"][0]["source"] == "hr/vacation.md"
+    assert record["sources"][0]["heading"].endswith("Carry-over")
+    scores = [s["score"] for s in record["sources"]]
+    assert scores == sorted(scores, reverse=True)
+    assert set(record["timings_ms"]) == {"retrieve", "first_token", "total"}
+    assert record["timings_ms"]["first_token"] is None
+
+
+def test_ask_reads_one_question_per_line_from_stdin(wiki):
+    out = run("kb_ask", "--collection", "Wiki", "--no-generate", "--json",
+              stdin="when does the backup run\n\nhow do I request leave\n")  # fmt: skip
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["question"] for r in records] == ["when does the backup run", "how do I request leave"]
+    assert records[0]["sources"][0]["source"] == "ops/backups.md"
+    assert records[1]["sources"][0]["source"] == "hr/vacation.md"
+
+
+def test_ask_as_a_user_sees_only_their_collections(wiki):
+    reader = make_user("reader")
+    make_collection("Public", viewer=[reader])
+    with pytest.raises(CommandError, match="Wiki"):
+        run("kb_ask", "backup", "--collection", "Wiki", "--user", "reader", "--no-generate")
+
+
+def test_ask_generates_an_answer_with_the_model_server(wiki, model_server):
+    record = json.loads(run("kb_ask", "When does the database backup run?", "--collection", "Wiki", "--json"))
+    assert record["answer"] and "error" not in record
+    assert 0 < record["timings_ms"]["first_token"] <= record["timings_ms"]["total"]
+    assert record["sources"][0]["source"] == "ops/backups.md"
