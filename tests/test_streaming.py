@@ -38,6 +38,13 @@ def read_stream(user, message) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
+def unreachable_model_server(settings) -> str:
+    """A TGI_URL where nothing listens: the model server is down (or must not be called)."""
+    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
+    return settings.TGI_URL
+
+
+@pytest.fixture
 def asked():
     user = make_user()
     collection = make_collection(viewer=[user])
@@ -58,8 +65,7 @@ def test_answer_streams_token_by_token_then_done(model_server, asked):
     assert f'id="message-{message.pk}"' in events[-1][1]
 
 
-def test_model_server_down_gives_an_actionable_error(settings, asked):
-    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
+def test_model_server_down_gives_an_actionable_error(unreachable_model_server, asked):
     user, message = asked
     events = read_stream(user, message)
     assert [e for e, _ in events] == ["done"]
@@ -69,8 +75,7 @@ def test_model_server_down_gives_an_actionable_error(settings, asked):
     assert "cannot be reached" in events[-1][1]
 
 
-def test_no_readable_source_answers_without_calling_the_model(settings):
-    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"  # would fail if called
+def test_no_readable_source_answers_without_calling_the_model(unreachable_model_server):
     user = make_user()
     empty = make_collection(viewer=[user])
     message, _ = services.message_ask(user=user, question="Anything?", collections=[empty])
@@ -80,8 +85,7 @@ def test_no_readable_source_answers_without_calling_the_model(settings):
     assert "found nothing" in events[0][1]
 
 
-def test_a_second_stream_of_the_same_message_does_not_generate_again(settings, asked):
-    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
+def test_a_second_stream_of_the_same_message_does_not_generate_again(unreachable_model_server, asked):
     user, message = asked
     Message.objects.filter(pk=message.pk).update(status=Message.Status.COMPLETE, answer="Nightly [1].")
     events = read_stream(user, message)
@@ -89,8 +93,7 @@ def test_a_second_stream_of_the_same_message_does_not_generate_again(settings, a
     assert 'class="cite"' in events[0][1]
 
 
-def test_sources_of_a_revoked_collection_are_not_sent_to_the_model(settings, asked):
-    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
+def test_sources_of_a_revoked_collection_are_not_sent_to_the_model(unreachable_model_server, asked):
     user, message = asked
     collection_id = message.sources[0]["collection_id"]
     services.collection_revoke(collection=message.conversation.collections.get(pk=collection_id), user=user)

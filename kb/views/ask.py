@@ -42,20 +42,31 @@ def _invalid(request: HttpRequest, errors: list[str]) -> HttpResponse:
     return reswap(retarget(HttpResponse(text, status=422), "#ask-error"), "innerHTML")
 
 
+def _ask(request: HttpRequest, *, collections, conversation=None) -> tuple[Message | None, HttpResponse | None]:
+    """Validate the question and record it: (message, None), or (None, the refusal to send)."""
+    form = AskForm(request.POST)
+    if not form.is_valid():
+        return None, _invalid(request, form.errors.get("question", []))
+    try:
+        message, _ = services.message_ask(
+            user=request.user,
+            question=form.cleaned_data["question"],
+            collections=collections,
+            conversation=conversation,
+        )
+    except ValidationError as exc:
+        return None, _invalid(request, exc.messages)
+    return message, None
+
+
 @require_POST
 @login_required
 def collection_ask(request: HttpRequest, pk: int) -> HttpResponse:
     """Start a conversation on one collection with its first question."""
     collection = selectors.collection_get(user=request.user, pk=pk)
-    form = AskForm(request.POST)
-    if not form.is_valid():
-        return _invalid(request, form.errors.get("question", []))
-    try:
-        message, _ = services.message_ask(
-            user=request.user, question=form.cleaned_data["question"], collections=[collection]
-        )
-    except ValidationError as exc:
-        return _invalid(request, exc.messages)
+    message, refusal = _ask(request, collections=[collection])
+    if refusal:
+        return refusal
     if request.htmx:
         return HttpResponseClientRedirect(message.conversation.get_absolute_url())
     return redirect(message.conversation.get_absolute_url())
@@ -72,9 +83,7 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "conversation": conversation,
             "items": items,
-            "collections": selectors.collection_list(user=request.user).filter(
-                pk__in=conversation.collections.values("pk")
-            ),
+            "collections": selectors.conversation_collections(user=request.user, conversation=conversation),
             "conversations": selectors.conversation_list(user=request.user)[:20],
             "ask_form": AskForm(),
         },
@@ -86,19 +95,10 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def conversation_ask(request: HttpRequest, pk: int) -> HttpResponse:
     """Ask a follow-up question in a conversation."""
     conversation = selectors.conversation_get(user=request.user, pk=pk)
-    form = AskForm(request.POST)
-    if not form.is_valid():
-        return _invalid(request, form.errors.get("question", []))
-    collections = list(selectors.collection_list(user=request.user).filter(pk__in=conversation.collections.all()))
-    try:
-        message, _ = services.message_ask(
-            user=request.user,
-            question=form.cleaned_data["question"],
-            collections=collections,
-            conversation=conversation,
-        )
-    except ValidationError as exc:
-        return _invalid(request, exc.messages)
+    collections = list(selectors.conversation_collections(user=request.user, conversation=conversation))
+    message, refusal = _ask(request, collections=collections, conversation=conversation)
+    if refusal:
+        return refusal
     if request.htmx:
         return TemplateResponse(
             request, "kb/conversation_detail.html#message", {"item": _message_context(request.user, message)}
