@@ -151,8 +151,8 @@ def celery_worker_process(transactional_db, settings) -> Iterator[subprocess.Pop
 
 
 @pytest.fixture
-def web_server(transactional_db, settings) -> Iterator[str]:
-    """uvicorn serving kb's ASGI app on this test run's database."""
+def web_server(transactional_db, model_server, settings) -> Iterator[str]:
+    """uvicorn serving kb's ASGI app on this test run's database and the real model server."""
     url = f"http://127.0.0.1:{free_port()}"
     cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
     with running("web", cmd, ready=answers(f"{url}/login/"), env=_server_env()):
