@@ -73,10 +73,17 @@ def fit_to_budget(sources: list[dict], budget_tokens: int) -> list[dict]:
     return kept
 
 
+def breadcrumb(source: dict) -> str:
+    """Title, then the heading path without the title repeated ("Backups > Schedule")."""
+    parts = [source["title"]]
+    headings = (source.get("heading") or "").split(" > ")
+    if headings and headings[0].strip().lower() == source["title"].strip().lower():
+        headings = headings[1:]
+    return " > ".join(parts + [h for h in headings if h])
+
+
 def _fence(source: dict) -> str:
-    label = source["title"]
-    if source.get("heading"):
-        label += f" > {source['heading']}"
+    label = breadcrumb(source)
     if source.get("page"):
         label += f" (page {source['page']})"
     text = source["text"].replace("</source>", "</ source>")
@@ -119,7 +126,7 @@ def render_answer(answer: str, sources: list[dict]) -> SafeString:
         source = by_n.get(int(match.group(1)))
         if source is None:
             return match.group(0)
-        title = escape(source["title"])
+        title = escape(breadcrumb(source))
         return f'<a class="cite" href="{citation_url(source)}" title="{title}">[{source["n"]}]</a>'
 
     html = _CITATION.sub(link, html)

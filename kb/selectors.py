@@ -50,8 +50,20 @@ def chunk_get(*, user, pk: int) -> Chunk:
         raise Http404("No such passage.") from None
 
 
-def document_chunks(*, user, document: Document):
-    return chunks_readable_by(user=user).filter(document=document).order_by("ordinal")
+def document_chunks(*, user, document: Document) -> list[Chunk]:
+    """The document's chunks in order, each with `new_text`: its text less the overlap with the previous one.
+
+    Chunks overlap so that a sentence cut at a boundary still embeds with its context;
+    reading the document, each piece of text should appear once.
+    """
+    chunks = list(chunks_readable_by(user=user).filter(document=document).order_by("ordinal"))
+    previous_end = None
+    for chunk in chunks:
+        chunk.new_text = chunk.text
+        if previous_end is not None and chunk.start_char is not None and previous_end > chunk.start_char:
+            chunk.new_text = chunk.text[previous_end - chunk.start_char :]
+        previous_end = chunk.end_char
+    return chunks
 
 
 def conversation_list(*, user):

@@ -101,3 +101,11 @@ def test_sources_of_a_revoked_collection_are_not_sent_to_the_model(unreachable_m
     message.refresh_from_db()
     assert message.status == Message.Status.NO_ANSWER
     assert "backups.md" not in events[-1][1]
+
+
+def test_sources_name_title_and_headings_without_repeating_the_title():
+    from kb.answering import breadcrumb
+
+    assert breadcrumb({"title": "Backups", "heading": "Backups > Schedule"}) == "Backups > Schedule"
+    assert breadcrumb({"title": "Ops guide", "heading": "Backups > Schedule"}) == "Ops guide > Backups > Schedule"
+    assert breadcrumb({"title": "Notes", "heading": None}) == "Notes"

@@ -109,3 +109,17 @@ def _file(name, content):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return SimpleUploadedFile(name, content.encode())
+
+
+def test_reading_a_document_shows_overlapping_text_once(client, setup):
+    long = "# Guide\n\n" + " ".join(f"Sentence number {i} explains one more step of the guide." for i in range(120))
+    document = add_document(setup["collection"], "guide.md", long)
+    chunks = list(document.chunks.order_by("ordinal"))
+    assert len(chunks) > 2 and chunks[1].start_char < chunks[0].end_char, "chunks should overlap"
+    client.force_login(setup["viewer"])
+    html = client.get(reverse("document_detail", args=[document.pk])).content.decode()
+    for i in range(120):
+        assert html.count(f"Sentence number {i} explains") == 1
+    cited = chunks[1]
+    html = client.get(reverse("chunk_detail", args=[cited.pk]), follow=True).content.decode()
+    assert cited.text[:60] in html  # the cited passage is shown whole, overlap included

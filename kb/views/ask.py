@@ -29,7 +29,7 @@ def _message_context(user, message: Message) -> dict:
     sources = selectors.message_sources(user=user, message=message)
     return {
         "message": message,
-        "sources": sources,
+        "sources": [{**s, "breadcrumb": answering.breadcrumb(s)} for s in sources],
         "answer_html": answering.render_answer(message.answer, sources) if message.answer else "",
     }
 
