@@ -127,32 +127,44 @@ def document_upload(*, user, collection: Collection, file, source_path: str, enq
         suffix = PurePosixPath(source_path).suffix.lower()[:16]
         # Generated names: nothing a user typed becomes a path on disk.
         stored_name = default_storage.save(f"documents/{uuid.uuid4().hex}{suffix}", File(file))
-        old_file = existing.file.name if existing else None
-        if existing is None:
-            document = Document.objects.create(
-                collection=collection,
-                title=_title_from(source_path),
-                source_path=source_path,
-                content_hash=content_hash,
-                file=stored_name,
-                size=size,
-                uploaded_by=user if getattr(user, "is_authenticated", False) else None,
-            )
-            outcome = "created"
-        else:
-            document = existing
-            document.content_hash = content_hash
-            document.file = stored_name
-            document.size = size
-            document.uploaded_by = user if getattr(user, "is_authenticated", False) else None
-            _set_status(document, Document.Status.QUEUED, stage="", done=0, total=0, error="")
-            outcome = "updated"
-        document.save()
-        if old_file and old_file != stored_name:
-            transaction.on_commit(lambda: default_storage.delete(old_file))
+        try:
+            document, outcome = _document_store(
+                user=user, collection=collection, existing=existing, source_path=source_path,
+                content_hash=content_hash, stored_name=stored_name, size=size,
+            )  # fmt: skip
+        except BaseException:
+            default_storage.delete(stored_name)  # the row never pointed at it: leave no orphan
+            raise
         if enqueue:
             _enqueue_ingest(document)
     return UploadOutcome(document, outcome)
+
+
+def _document_store(
+    *, user, collection, existing, source_path: str, content_hash: str, stored_name: str, size: int
+) -> tuple[Document, str]:
+    uploader = user if getattr(user, "is_authenticated", False) else None
+    if existing is None:
+        document = Document.objects.create(
+            collection=collection,
+            title=_title_from(source_path),
+            source_path=source_path,
+            content_hash=content_hash,
+            file=stored_name,
+            size=size,
+            uploaded_by=uploader,
+        )
+        return document, "created"
+    old_file = existing.file.name
+    existing.content_hash = content_hash
+    existing.file = stored_name
+    existing.size = size
+    existing.uploaded_by = uploader
+    _set_status(existing, Document.Status.QUEUED, stage="", done=0, total=0, error="")
+    existing.save()
+    if old_file and old_file != stored_name:
+        transaction.on_commit(lambda: default_storage.delete(old_file))
+    return existing, "updated"
 
 
 def _enqueue_ingest(document: Document) -> None:

@@ -138,3 +138,16 @@ def test_deleting_a_document_removes_its_chunks_and_file(django_capture_on_commi
     import os
 
     assert not os.path.exists(path)
+
+
+def test_a_failed_upload_leaves_no_stored_file(settings, monkeypatch):
+    collection = make_collection()
+    before = {p for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()}
+
+    def broken_create(**kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(Document.objects, "create", broken_create)
+    with pytest.raises(RuntimeError):
+        _upload(collection, "notes.md", "# Notes\n\nSome text.")
+    assert {p for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()} == before
