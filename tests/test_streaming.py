@@ -109,3 +109,23 @@ def test_sources_name_title_and_headings_without_repeating_the_title():
     assert breadcrumb({"title": "Backups", "heading": "Backups > Schedule"}) == "Backups > Schedule"
     assert breadcrumb({"title": "Ops guide", "heading": "Backups > Schedule"}) == "Ops guide > Backups > Schedule"
     assert breadcrumb({"title": "Notes", "heading": None}) == "Notes"
+
+
+def test_download_streams_the_original_as_an_attachment_under_asgi():
+    user = make_user()
+    collection = make_collection(viewer=[user])
+    document = add_document(collection, "backups.md", BACKUPS)
+
+    async def fetch():
+        client = AsyncClient()
+        await client.aforce_login(user)
+        response = await client.get(reverse("document_download", args=[document.pk]))
+        assert response.is_async, "the body should be read block by block, not buffered whole"
+        body = b"".join([part async for part in response.streaming_content])
+        return response, body
+
+    response, body = async_to_sync(fetch)()
+    assert body.decode() == BACKUPS
+    assert response["Content-Disposition"] == 'attachment; filename="backups.md"'
+    assert response["Content-Length"] == str(len(BACKUPS.encode()))
+    assert response["X-Content-Type-Options"] == "nosniff"
