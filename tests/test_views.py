@@ -123,3 +123,17 @@ def test_reading_a_document_shows_overlapping_text_once(client, setup):
     cited = chunks[1]
     html = client.get(reverse("chunk_detail", args=[cited.pk]), follow=True).content.decode()
     assert cited.text[:60] in html  # the cited passage is shown whole, overlap included
+
+
+def test_duplicate_collection_name_is_refused_with_the_reason(client):
+    admin = make_user(is_staff=True)
+    make_collection("Handbook")
+    client.force_login(admin)
+    response = client.post(reverse("collection_create"), {"name": "handbook"})
+    assert response.status_code == 400
+    assert "already exists" in response.content.decode()
+
+
+def test_only_admins_can_create_collections(client):
+    client.force_login(make_user())
+    assert client.post(reverse("collection_create"), {"name": "Mine"}).status_code == 404

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from kb import access, selectors, services
@@ -19,19 +19,20 @@ from kb.forms import AskForm, CollectionForm, UploadForm
 from kb.models import Role
 
 
+def _home(request: HttpRequest, form: CollectionForm, *, status: int = 200) -> TemplateResponse:
+    context = {
+        "collections": selectors.collection_list(user=request.user),
+        "conversations": selectors.conversation_list(user=request.user)[:20],
+        "form": form,
+        "can_create": access.can_create_collection(request.user),
+    }
+    return TemplateResponse(request, "kb/home.html", context, status=status)
+
+
 @require_GET
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    return TemplateResponse(
-        request,
-        "kb/home.html",
-        {
-            "collections": selectors.collection_list(user=request.user),
-            "conversations": selectors.conversation_list(user=request.user)[:20],
-            "form": CollectionForm(),
-            "can_create": access.can_create_collection(request.user),
-        },
-    )
+    return _home(request, CollectionForm())
 
 
 @require_POST
@@ -47,17 +48,7 @@ def collection_create(request: HttpRequest) -> HttpResponse:
             form.add_error("name", exc)
         else:
             return redirect("collection_detail", pk=collection.pk)
-    return TemplateResponse(
-        request,
-        "kb/home.html",
-        {
-            "collections": selectors.collection_list(user=request.user),
-            "conversations": selectors.conversation_list(user=request.user)[:20],
-            "form": form,
-            "can_create": True,
-        },
-        status=400,
-    )
+    return _home(request, form, status=400)
 
 
 def _collection_context(request: HttpRequest, collection) -> dict:
@@ -158,7 +149,7 @@ async def _blocks(handle, size: int = 256 * 1024):
         yield block
 
 
-@require_http_methods(["POST"])
+@require_POST
 @login_required
 def document_delete(request: HttpRequest, pk: int) -> HttpResponse:
     document = selectors.document_get(user=request.user, pk=pk)
