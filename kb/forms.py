@@ -18,14 +18,16 @@ class MultipleFileField(forms.FileField):
         super().__init__(*args, **kwargs)
 
     def clean(self, data, initial=None):
-        single = super().clean
-        if isinstance(data, list | tuple):
-            return [single(d, initial) for d in data]
-        return [single(data, initial)]
+        # Only "at least one file" here: each file is judged on its own by the upload
+        # service, so one empty or oversize file is named and refused and the rest go in.
+        files = [f for f in (data if isinstance(data, list | tuple) else [data]) if f]
+        if not files and self.required:
+            raise forms.ValidationError(self.error_messages["required"], code="required")
+        return files
 
 
 class UploadForm(forms.Form):
-    files = MultipleFileField(label="Files")
+    files = MultipleFileField(label="Files", error_messages={"required": "Choose at least one file to upload."})
 
 
 class AskForm(forms.Form):

@@ -137,3 +137,28 @@ def test_duplicate_collection_name_is_refused_with_the_reason(client):
 def test_only_admins_can_create_collections(client):
     client.force_login(make_user())
     assert client.post(reverse("collection_create"), {"name": "Mine"}).status_code == 404
+
+
+def test_a_refused_question_under_htmx_is_swapped_into_the_error_line(client, setup):
+    client.force_login(setup["viewer"])
+    url = reverse("collection_ask", args=[setup["collection"].pk])
+    response = client.post(url, {"question": "   "}, headers={"HX-Request": "true"})
+    assert response.status_code == 422
+    assert response["HX-Retarget"] == "#ask-error" and response["HX-Reswap"] == "innerHTML"
+    assert not Conversation.objects.exists()
+    assert client.post(url, {"question": ""}).status_code == 400
+
+
+def test_an_upload_with_a_bad_file_reports_it_and_keeps_the_good_one(client, setup):
+    editor = make_user("editor")
+    collection = make_collection("docs", editor=[editor])
+    client.force_login(editor)
+    response = client.post(
+        reverse("document_upload", args=[collection.pk]),
+        {"files": [_file("empty.md", ""), _file("good.md", "# Good\n\nText.")]},
+        headers={"HX-Request": "true"},
+    )
+    html = response.content.decode()
+    assert response.status_code == 200 and html.lstrip().startswith('<section id="documents"')
+    assert "empty.md is empty" in html
+    assert list(collection.documents.values_list("source_path", flat=True)) == ["good.md"]
