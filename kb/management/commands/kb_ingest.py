@@ -10,8 +10,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from kb import access, services
-from kb.models import Collection, Document
+from kb import access, selectors, services
+from kb.models import Document
 
 
 def _walk(paths: list[str]) -> list[tuple[Path, str]]:
@@ -45,7 +45,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, paths, collection, create, inline, json: bool, timeout: float, **options):
         operator = access.system_user()
-        target = Collection.objects.filter(name=collection).first()
+        target = selectors.collection_list(user=operator).filter(name=collection).first()
         if target is None:
             if not create:
                 raise CommandError(f"No collection named {collection!r}; add --create to make it.")
@@ -71,8 +71,8 @@ class Command(BaseCommand):
             if inline and outcome.outcome != "unchanged":
                 services.document_process(document_id=outcome.document.pk)
         if not inline:
-            self._wait(documents, quiet=quiet, timeout=timeout)
-        for document in Document.objects.filter(pk__in=documents):
+            self._wait(Document.objects.readable_by(operator).filter(pk__in=documents), quiet=quiet, timeout=timeout)
+        for document in Document.objects.readable_by(operator).filter(pk__in=documents):
             if document.status == Document.Status.FAILED:
                 summary["failed"] += 1
                 summary["errors"].append({"source": document.source_path, "reason": document.error})
@@ -90,17 +90,17 @@ class Command(BaseCommand):
         if summary["failed"]:
             raise CommandError(f"{summary['failed']} document(s) failed.", returncode=1)
 
-    def _wait(self, documents: dict[int, str], *, quiet: bool, timeout: float) -> None:
+    def _wait(self, documents, *, quiet: bool, timeout: float) -> None:
+        """Poll until every document is ready or failed, with a progress bar."""
+        total = documents.count()
         started = time.monotonic()
-        bar = tqdm(total=len(documents), desc="indexing", unit="doc", disable=quiet)
-        pending = Document.objects.filter(pk__in=documents).exclude(
-            status__in=[Document.Status.READY, Document.Status.FAILED]
-        )
+        bar = tqdm(total=total, desc="indexing", unit="doc", disable=quiet)
+        pending = documents.exclude(status__in=[Document.Status.READY, Document.Status.FAILED])
         done = 0
         while True:
             left = pending.count()
-            bar.update(len(documents) - left - done)
-            done = len(documents) - left
+            bar.update(total - left - done)
+            done = total - left
             if not left:
                 break
             if timeout and time.monotonic() - started > timeout:
