@@ -90,18 +90,71 @@ def _fence(source: dict) -> str:
     return f'<source id="{source["n"]}" title="{label}">\n{text}\n</source>'
 
 
-def build_messages(question: str, sources: list[dict]) -> list[dict]:
+REWRITE_PROMPT = (
+    "Rewrite the user's last question as one standalone question that can be understood "
+    "without the conversation: replace pronouns and references with what they refer to. "
+    "Reply with the question only."
+)
+
+
+def _history_turns(history) -> list[dict]:
+    """Earlier turns as chat messages, answers cut to a bounded length."""
+    turns: list[dict] = []
+    limit = settings.KB_HISTORY_ANSWER_CHARS
+    for message in history:
+        answer = message.answer if len(message.answer) <= limit else message.answer[:limit] + " …"
+        turns += [{"role": "user", "content": message.question}, {"role": "assistant", "content": answer}]
+    return turns
+
+
+def _history_query(question: str, history) -> str:
+    # The previous questions name the topic a follow-up such as "how often does it run?"
+    # leaves out; both legs of retrieval then search for it too. No model call, no latency.
+    previous = [m.question for m in history][-2:]
+    return " ".join([*previous, question])
+
+
+def standalone_question(question: str, history) -> str:
+    """What to search for: the question itself, or a follow-up made understandable alone."""
+    if not history:
+        return question
+    if settings.KB_FOLLOWUP_REWRITE == "model":
+        try:
+            rewritten = llm.complete(
+                [
+                    {"role": "system", "content": REWRITE_PROMPT},
+                    *_history_turns(history),
+                    {"role": "user", "content": question},
+                ],
+                max_tokens=64,
+                timeout=settings.KB_REWRITE_TIMEOUT,
+            )
+        except llm.ModelServerError:
+            rewritten = ""
+        rewritten = rewritten.strip().strip('"').removeprefix("Standalone question:").strip()
+        # A small model can ramble or answer instead of rewriting: keep one short line only.
+        if rewritten and "\n" not in rewritten and len(rewritten) <= 400:
+            return rewritten
+    return _history_query(question, history)
+
+
+def build_messages(question: str, sources: list[dict], history=()) -> list[dict]:
+    """System prompt, a bounded history of earlier turns, then the fenced sources and the question."""
     fenced = "\n".join(_fence(s) for s in sources)
     user = f"<sources>\n{fenced}\n</sources>\n\nQuestion: {question}"
-    return [{"role": "system", "content": system_prompt()}, {"role": "user", "content": user}]
+    return [
+        {"role": "system", "content": system_prompt()},
+        *_history_turns(history),
+        {"role": "user", "content": user},
+    ]
 
 
-def stream_answer(question: str, sources: list[dict]) -> Iterator[str]:
-    return llm.stream_chat(build_messages(question, sources))
+def stream_answer(question: str, sources: list[dict], history=()) -> Iterator[str]:
+    return llm.stream_chat(build_messages(question, sources, history))
 
 
-def astream_answer(question: str, sources: list[dict]) -> AsyncIterator[str]:
-    return llm.astream_chat(build_messages(question, sources))
+def astream_answer(question: str, sources: list[dict], history=()) -> AsyncIterator[str]:
+    return llm.astream_chat(build_messages(question, sources, history))
 
 
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")

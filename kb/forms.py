@@ -35,3 +35,12 @@ class AskForm(forms.Form):
         max_length=2000,
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": "Ask a question about these documents…"}),
     )
+
+
+class FeedbackForm(forms.Form):
+    rating = forms.TypedChoiceField(choices=[(1, "Helpful"), (-1, "Not helpful")], coerce=int)
+    comment = forms.CharField(
+        max_length=2000,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "What was right or wrong? (optional)"}),
+    )

@@ -65,9 +65,9 @@ def _delta(chunk) -> str:
     return getattr(choices[0].delta, "content", None) or ""
 
 
-def stream_chat(messages: list[dict], *, max_tokens: int | None = None) -> Iterator[str]:
+def stream_chat(messages: list[dict], *, max_tokens: int | None = None, timeout: float | None = None) -> Iterator[str]:
     """Yield the answer's text pieces as the model server produces them."""
-    client = InferenceClient(base_url=settings.TGI_URL, timeout=settings.KB_LLM_TIMEOUT)
+    client = InferenceClient(base_url=settings.TGI_URL, timeout=timeout or settings.KB_LLM_TIMEOUT)
     try:
         for chunk in client.chat_completion(**_params(messages, max_tokens)):
             piece = _delta(chunk)
@@ -75,6 +75,11 @@ def stream_chat(messages: list[dict], *, max_tokens: int | None = None) -> Itera
                 yield piece
     except Exception as exc:  # every failure becomes one a person can read; logged in _friendly
         raise _friendly(exc) from exc
+
+
+def complete(messages: list[dict], *, max_tokens: int | None = None, timeout: float | None = None) -> str:
+    """The whole reply to a short request (a follow-up rewrite), streamed so the timeout counts per piece."""
+    return "".join(stream_chat(messages, max_tokens=max_tokens, timeout=timeout))
 
 
 async def astream_chat(messages: list[dict], *, max_tokens: int | None = None) -> AsyncIterator[str]:

@@ -213,8 +213,13 @@ class Message(models.Model):
     answer = models.TextField(blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)
+    # What retrieval searched for: the question itself, or a follow-up made standalone.
+    search_query = models.TextField(blank=True)
     # The numbered sources given to the model: [{"n", "chunk_id", "document_id", "title", ...}].
     sources = models.JSONField(default=list, blank=True)
+    # Set by the Stop button; the stream that is writing the answer checks it and stops. A
+    # row, not process memory, because the stop request may reach another web process.
+    stop_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -223,3 +228,31 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return self.question[:60]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status not in (self.Status.PENDING, self.Status.STREAMING)
+
+
+class Feedback(models.Model):
+    """A reader's thumbs up or down on an answer, kept for admins with the answer it judged."""
+
+    class Rating(models.IntegerChoices):
+        UP = 1, "Helpful"
+        DOWN = -1, "Not helpful"
+
+    message = models.ForeignKey(Message, on_delete=models.SET_NULL, null=True, related_name="feedback")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    rating = models.SmallIntegerField(choices=Rating.choices)
+    comment = models.TextField(blank=True)
+    # Copies, so the judgement still reads right after a regenerate replaces the answer.
+    question = models.TextField()
+    answer = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["message", "user"], name="feedback_one_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.get_rating_display()}: {self.question[:60]}"

@@ -3,14 +3,22 @@ first and is scoped by kb.access; what the user may not see is a 404, never a 40
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import Http404
 
 from kb import access
-from kb.models import Chunk, Collection, Conversation, Document, Message, Role
+from kb.models import Chunk, Collection, Conversation, Document, Feedback, Message, Role
 
 
 def collection_list(*, user):
     return Collection.objects.readable_by(user)
+
+
+def collection_list_picked(*, user, ids) -> list[Collection]:
+    """The readable collections among `ids`; all readable ones when none is picked."""
+    readable = Collection.objects.readable_by(user)
+    picked = [int(i) for i in ids if str(i).isdigit()]
+    return list(readable.filter(pk__in=picked) if picked else readable)
 
 
 def collection_get(*, user, pk: int, minimum: Role = Role.VIEWER) -> Collection:
@@ -87,6 +95,25 @@ def message_get(*, user, pk: int) -> Message:
         return Message.objects.select_related("conversation").get(pk=pk, conversation__in=conversation_list(user=user))
     except (Message.DoesNotExist, ValueError, TypeError):
         raise Http404("No such message.") from None
+
+
+def message_history(*, user, conversation: Conversation, before: Message | None = None) -> list[Message]:
+    """The conversation's last answered turns (oldest first) to carry into a follow-up.
+
+    A turn that drew on a collection the user can no longer read is left out, so a revoked
+    grant also ends what earlier answers quoted from it.
+    """
+    turns = conversation.messages.filter(status__in=[Message.Status.COMPLETE, Message.Status.INCOMPLETE])
+    if before is not None:
+        turns = turns.filter(created_at__lt=before.created_at)
+    readable = set(Collection.objects.readable_by(user).values_list("pk", flat=True))
+    recent = list(turns.order_by("-created_at")[: settings.KB_HISTORY_TURNS])
+    return [m for m in reversed(recent) if all(s.get("collection_id") in readable for s in m.sources)]
+
+
+def feedback_get(*, user, message: Message) -> Feedback | None:
+    """The user's own judgement of an answer, if any."""
+    return Feedback.objects.filter(message=message, user=user).first() if user.is_authenticated else None
 
 
 def message_sources(*, user, message: Message) -> list[dict]:

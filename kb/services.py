@@ -20,8 +20,8 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from kb import access, answering, retrieval
-from kb.models import Chunk, Collection, CollectionGrant, Conversation, Document, Message, Role
+from kb import access, answering, retrieval, selectors
+from kb.models import Chunk, Collection, CollectionGrant, Conversation, Document, Feedback, Message, Role
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,33 @@ def document_delete(*, user, document: Document) -> None:
 # Conversations ---------------------------------------------------------------------------
 
 
-@transaction.atomic
+STOPPED = "Stopped at your request."
+NO_SOURCE_ANSWER = "I found nothing in the collections you can read that answers this question."
+
+
+def _validate_question(question: str) -> str:
+    question = question.strip()
+    if not question:
+        raise ValidationError("Ask a question first.")
+    if len(question) > 2000:
+        raise ValidationError("Questions are limited to 2,000 characters.")
+    return question
+
+
+def _retrieve_into(message: Message, *, user, collections, top_k: int | None) -> retrieval.Result:
+    """Fill a message's sources for its search query, or answer it at once when none is found."""
+    sources, result = answering.retrieve_sources(
+        user=user, question=message.search_query or message.question, collections=collections, top_k=top_k
+    )
+    message.sources = answering.fit_to_budget(sources, settings.KB_CONTEXT_TOKENS)
+    if not message.sources:
+        # Nothing readable answers it: say so plainly and never call the model.
+        message.status = Message.Status.NO_ANSWER
+        message.answer = NO_SOURCE_ANSWER
+        message.finished_at = timezone.now()
+    return result
+
+
 def message_ask(
     *,
     user,
@@ -300,26 +326,76 @@ def message_ask(
     conversation: Conversation | None = None,
     top_k: int | None = None,
 ) -> tuple[Message, retrieval.Result]:
-    """Record a question, retrieve its sources from what the user may read, and return the pending message."""
-    question = question.strip()
-    if not question:
-        raise ValidationError("Ask a question first.")
-    if len(question) > 2000:
-        raise ValidationError("Questions are limited to 2,000 characters.")
+    """Record a question, retrieve its sources from what the user may read, and return the pending message.
+
+    A follow-up in a conversation is first made standalone for retrieval (a possible model
+    call), outside any transaction: a slow model server must not hold one open.
+    """
+    question = _validate_question(question)
+    if conversation is not None and conversation.user_id != user.pk:
+        raise PermissionError("A conversation takes questions from its owner only.")
     readable = [c for c in collections if access.can_read(user, c)]
-    if conversation is None:
-        conversation = Conversation.objects.create(user=user, title=question[:200])
-        conversation.collections.set(readable)
-    sources, result = answering.retrieve_sources(user=user, question=question, collections=readable, top_k=top_k)
-    sources = answering.fit_to_budget(sources, settings.KB_CONTEXT_TOKENS)
-    message = Message.objects.create(conversation=conversation, question=question, sources=sources)
-    if not sources:
-        message.status = Message.Status.NO_ANSWER
-        message.answer = "I found nothing in the collections you can read that answers this question."
-        message.finished_at = timezone.now()
+    history = selectors.message_history(user=user, conversation=conversation) if conversation else []
+    message = Message(question=question, search_query=answering.standalone_question(question, history))
+    result = _retrieve_into(message, user=user, collections=readable, top_k=top_k)
+    with transaction.atomic():
+        if conversation is None:
+            conversation = Conversation.objects.create(user=user, title=question[:200])
+            conversation.collections.set(readable)
+        message.conversation = conversation
         message.save()
-    conversation.save(update_fields=["updated_at"])
+        conversation.save(update_fields=["updated_at"])
     return message, result
+
+
+def message_regenerate(*, user, message: Message, top_k: int | None = None) -> Message:
+    """Answer a message again: retrieve afresh with the user's current access, then stream anew."""
+    if not message.is_finished:
+        raise ValidationError("This answer is still being written; stop it first.")
+    conversation = message.conversation
+    history = selectors.message_history(user=user, conversation=conversation, before=message)
+    collections = list(selectors.conversation_collections(user=user, conversation=conversation))
+    message.search_query = answering.standalone_question(message.question, history)
+    message.answer, message.error, message.finished_at = "", "", None
+    message.status, message.stop_requested = Message.Status.PENDING, False
+    _retrieve_into(message, user=user, collections=collections, top_k=top_k)
+    with transaction.atomic():
+        # The old answer's judgements keep their copy of it but no longer hang on the message.
+        Feedback.objects.filter(message=message).update(message=None)
+        message.save()
+        conversation.save(update_fields=["updated_at"])
+    return message
+
+
+def message_stop(*, message: Message) -> Message:
+    """Ask the stream writing this answer to stop; an answer not yet begun ends here."""
+    Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(stop_requested=True)
+    stopped = Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
+        status=Message.Status.INCOMPLETE, error=STOPPED, finished_at=timezone.now()
+    )
+    message.refresh_from_db()
+    if stopped:
+        logger.info("message %s stopped before it began", message.pk)
+    return message
+
+
+def feedback_give(*, user, message: Message, rating: int, comment: str = "") -> Feedback:
+    """Record (or change) a reader's thumbs up or down on a finished answer."""
+    if not message.is_finished or not message.answer:
+        raise ValidationError("Only a finished answer can be rated.")
+    if rating not in Feedback.Rating.values:
+        raise ValidationError("Rate an answer up or down.")
+    feedback, _ = Feedback.objects.update_or_create(
+        message=message,
+        user=user,
+        defaults={
+            "rating": rating,
+            "comment": comment.strip()[:2000],
+            "question": message.question,
+            "answer": message.answer,
+        },
+    )
+    return feedback
 
 
 def message_finish(*, message: Message, answer: str, status: str, error: str = "") -> Message:

@@ -157,6 +157,12 @@ KB_LLM_TIMEOUT = env.float("KB_LLM_TIMEOUT", default=60.0)
 KB_LLM_MAX_TOKENS = env.int("KB_LLM_MAX_TOKENS", default=384)
 KB_LLM_TEMPERATURE = env.float("KB_LLM_TEMPERATURE", default=0.1)
 KB_SYSTEM_PROMPT = env.str("KB_SYSTEM_PROMPT", default="")
+# Follow-ups: how a follow-up becomes a standalone search ("history": joined with the previous
+# questions, no model call; "model": rewritten by the model server, falling back to history).
+KB_FOLLOWUP_REWRITE = env.str("KB_FOLLOWUP_REWRITE", default="history")
+KB_HISTORY_TURNS = env.int("KB_HISTORY_TURNS", default=3)
+KB_HISTORY_ANSWER_CHARS = env.int("KB_HISTORY_ANSWER_CHARS", default=600)
+KB_REWRITE_TIMEOUT = env.float("KB_REWRITE_TIMEOUT", default=10.0)
 
 # Celery (Redis broker). Tasks acknowledge late so a killed worker's job is redelivered.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", pages.home, name="home"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("ask/", ask.ask, name="ask"),
     path("collections/new/", pages.collection_create, name="collection_create"),
     path("collections/<int:pk>/", pages.collection_detail, name="collection_detail"),
     path("collections/<int:pk>/upload/", pages.document_upload, name="document_upload"),
@@ -19,5 +20,8 @@ urlpatterns = [
     path("conversations/<int:pk>/", ask.conversation_detail, name="conversation_detail"),
     path("conversations/<int:pk>/ask/", ask.conversation_ask, name="conversation_ask"),
     path("messages/<int:pk>/stream/", ask.message_stream, name="message_stream"),
+    path("messages/<int:pk>/stop/", ask.message_stop, name="message_stop"),
+    path("messages/<int:pk>/regenerate/", ask.message_regenerate, name="message_regenerate"),
+    path("messages/<int:pk>/feedback/", ask.message_feedback, name="message_feedback"),
     path("admin/", admin.site.urls),
 ]

@@ -150,12 +150,19 @@ def celery_worker_process(transactional_db, settings) -> Iterator[subprocess.Pop
         yield proc
 
 
-@pytest.fixture
-def web_server(transactional_db, model_server, settings) -> Iterator[str]:
-    """uvicorn serving kb's ASGI app on this test run's database and the real model server."""
+@contextmanager
+def kb_web_server() -> Iterator[str]:
+    """uvicorn serving kb's ASGI app on this test run's database and settings.TGI_URL."""
     url = f"http://127.0.0.1:{free_port()}"
     cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
     with running("web", cmd, ready=answers(f"{url}/login/"), env=_server_env()):
+        yield url
+
+
+@pytest.fixture
+def web_server(transactional_db, model_server, settings) -> Iterator[str]:
+    """uvicorn serving kb's ASGI app on this test run's database and the real model server."""
+    with kb_web_server() as url:
         yield url
 
 

@@ -77,6 +77,23 @@ def test_upload_ingest_ask_stream_and_follow_a_citation(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "answer.png"), full_page=True)
 
+    # 4. A follow-up in the same conversation streams a second answer under the first; the
+    # search carried the earlier question, so its sources are about backups too.
+    page.fill("textarea[name=question]", "How many copies does it keep?")
+    page.get_by_role("button", name="Ask a follow-up").click()
+    expect(page.locator("article.message")).to_have_count(2)
+    second = page.locator("article.message").nth(1)
+    expect(second.locator(".question")).to_have_text("How many copies does it keep?")
+    expect(second.locator(".answer:not(.streaming)")).to_be_visible(timeout=120_000)
+    expect(second.locator("ol.sources li").first).to_contain_text(re.compile("backup", re.I))
+    # The reader rates it; the judgement is stored for admins.
+    second.get_by_title("Helpful", exact=True).click()
+    expect(second.locator(".feedback-thanks")).to_contain_text("helpful")
+    from kb.models import Feedback
+
+    assert Feedback.objects.get().rating == 1
+    page.screenshot(path=str(ARTIFACTS / "follow-up.png"), full_page=True)
+
     # A citation (in the answer if the model wrote one, else in the sources list) opens its passage.
     cite = page.locator("article.message a.cite")
     link = cite.first if cite.count() else sources.first.locator("a")
@@ -86,7 +103,7 @@ def test_upload_ingest_ask_stream_and_follow_a_citation(
     page.screenshot(path=str(ARTIFACTS / "citation.png"), full_page=True)
     passage_url = page.url
 
-    # 4. A user without access gets 404 for the collection, its documents and passages.
+    # 5. A user without access gets 404 for the collection, its documents and passages.
     page.context.clear_cookies()
     sign_in(page, base, "outsider")
     for url in (collection_url, passage_url):

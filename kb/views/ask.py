@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import aclosing
 
 from asgiref.sync import sync_to_async
@@ -18,7 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
 
 from kb import answering, selectors, services
-from kb.forms import AskForm
+from kb.forms import AskForm, FeedbackForm
 from kb.llm import ModelServerError
 from kb.models import Message
 
@@ -29,17 +30,18 @@ def _message_context(user, message: Message) -> dict:
     sources = selectors.message_sources(user=user, message=message)
     return {
         "message": message,
+        "feedback": selectors.feedback_get(user=user, message=message),
         "sources": [{**s, "breadcrumb": answering.breadcrumb(s)} for s in sources],
         "answer_html": answering.render_answer(message.answer, sources) if message.answer else "",
     }
 
 
-def _invalid(request: HttpRequest, errors: list[str]) -> HttpResponse:
-    """A refused question: 422 swapped into the form's error line under htmx, else a plain 400."""
+def _invalid(request: HttpRequest, errors: list[str], *, target: str = "#ask-error") -> HttpResponse:
+    """A refused request: 422 swapped into the form's error line under htmx, else a plain 400."""
     text = escape(" ".join(errors) or "Ask a question first.")
     if not request.htmx:
         return HttpResponse(text, status=400)
-    return reswap(retarget(HttpResponse(text, status=422), "#ask-error"), "innerHTML")
+    return reswap(retarget(HttpResponse(text, status=422), target), "innerHTML")
 
 
 def _ask(request: HttpRequest, *, collections, conversation=None) -> tuple[Message | None, HttpResponse | None]:
@@ -57,6 +59,19 @@ def _ask(request: HttpRequest, *, collections, conversation=None) -> tuple[Messa
     except ValidationError as exc:
         return None, _invalid(request, exc.messages)
     return message, None
+
+
+@require_POST
+@login_required
+def ask(request: HttpRequest) -> HttpResponse:
+    """Start a conversation over the collections the reader picked (all they may read if none)."""
+    collections = selectors.collection_list_picked(user=request.user, ids=request.POST.getlist("collections"))
+    message, refusal = _ask(request, collections=collections)
+    if refusal:
+        return refusal
+    if request.htmx:
+        return HttpResponseClientRedirect(message.conversation.get_absolute_url())
+    return redirect(message.conversation.get_absolute_url())
 
 
 @require_POST
@@ -106,9 +121,66 @@ def conversation_ask(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(conversation.get_absolute_url())
 
 
+@require_POST
+@login_required
+def message_stop(request: HttpRequest, pk: int) -> HttpResponse:
+    """Stop the answer being written; the stream then sends its final state itself."""
+    message = selectors.message_get(user=request.user, pk=pk)
+    message = services.message_stop(message=message)
+    if request.htmx:
+        if message.status == Message.Status.INCOMPLETE and not message.answer:
+            # Stopped before the stream began: nothing will send its final state, so do it here.
+            return TemplateResponse(
+                request, "kb/conversation_detail.html#message", {"item": _message_context(request.user, message)}
+            )
+        return HttpResponse(status=204)
+    return redirect(message.conversation.get_absolute_url())
+
+
+@require_POST
+@login_required
+def message_regenerate(request: HttpRequest, pk: int) -> HttpResponse:
+    """Answer a question again, from freshly retrieved sources."""
+    message = selectors.message_get(user=request.user, pk=pk)
+    try:
+        message = services.message_regenerate(user=request.user, message=message)
+    except ValidationError as exc:
+        return _invalid(request, exc.messages, target=f"#message-{message.pk} .message-error")
+    if request.htmx:
+        return TemplateResponse(
+            request, "kb/conversation_detail.html#message", {"item": _message_context(request.user, message)}
+        )
+    return redirect(message.conversation.get_absolute_url())
+
+
+@require_POST
+@login_required
+def message_feedback(request: HttpRequest, pk: int) -> HttpResponse:
+    """Thumbs up or down, with an optional comment, on an answer."""
+    message = selectors.message_get(user=request.user, pk=pk)
+    form = FeedbackForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, ["Choose helpful or not helpful."], target=f"#feedback-{message.pk} .error")
+    try:
+        feedback = services.feedback_give(
+            user=request.user, message=message, rating=form.cleaned_data["rating"], comment=form.cleaned_data["comment"]
+        )
+    except ValidationError as exc:
+        return _invalid(request, exc.messages, target=f"#feedback-{message.pk} .error")
+    if request.htmx:
+        context = {"item": {**_message_context(request.user, message), "feedback": feedback}}
+        return TemplateResponse(request, "kb/conversation_detail.html#feedback", context)
+    return redirect(message.conversation.get_absolute_url())
+
+
 def _sse(event: str, data: str) -> str:
     lines = data.split("\n")
     return f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
+
+
+# How often a running stream looks for a Stop request, in seconds.
+STOP_POLL_SECONDS = 0.25
+DISCONNECTED = "The answer was stopped before it finished: the page was closed."
 
 
 async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
@@ -120,9 +192,13 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
         raise Http404
     message = await sync_to_async(selectors.message_get)(user=user, pk=pk)
     sources = await sync_to_async(selectors.message_sources)(user=user, message=message)
+    history = await sync_to_async(selectors.message_history)(
+        user=user, conversation=message.conversation, before=message
+    )
     claimed = await sync_to_async(services.message_claim)(message=message)
 
     async def done():
+        await message.arefresh_from_db()
         context = await sync_to_async(_message_context)(user, message)
         html = await sync_to_async(render_to_string)("kb/conversation_detail.html#message", {"item": context})
         return _sse("done", html)
@@ -133,29 +209,34 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
             yield await done()
             return
         if not sources:
-            message.answer = "None of the passages found for this question is readable by you any more."
             await sync_to_async(services.message_finish)(
-                message=message, answer=message.answer, status=Message.Status.NO_ANSWER
+                message=message,
+                answer="None of the passages found for this question is readable by you any more.",
+                status=Message.Status.NO_ANSWER,
             )
             yield await done()
             return
         pieces: list[str] = []
         status, error = Message.Status.COMPLETE, ""
+        next_check = time.monotonic() + STOP_POLL_SECONDS
         try:
-            async with aclosing(answering.astream_answer(message.question, sources)) as stream:
+            async with aclosing(answering.astream_answer(message.question, sources, history)) as stream:
                 async for piece in stream:
                     pieces.append(piece)
                     yield _sse("token", escape(piece))
+                    if time.monotonic() >= next_check:
+                        next_check = time.monotonic() + STOP_POLL_SECONDS
+                        if await Message.objects.filter(pk=message.pk, stop_requested=True).aexists():
+                            status, error = Message.Status.INCOMPLETE, services.STOPPED
+                            break  # leaving the block closes the model stream: generation stops
         except ModelServerError as exc:
             status = Message.Status.INCOMPLETE if pieces else Message.Status.FAILED
             error = str(exc)
-        except asyncio.CancelledError:
-            # The browser went away: the model stream is closed above; keep what arrived.
+        except (asyncio.CancelledError, GeneratorExit):
+            # The browser went away (cancelled while awaiting the model, or closed while we
+            # waited to send): the model stream is already closed above; keep what arrived.
             await sync_to_async(services.message_finish)(
-                message=message,
-                answer="".join(pieces),
-                status=Message.Status.INCOMPLETE,
-                error="The answer was stopped before it finished.",
+                message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE, error=DISCONNECTED
             )
             raise
         await sync_to_async(services.message_finish)(

@@ -24,6 +24,7 @@ def _home(request: HttpRequest, form: CollectionForm, *, status: int = 200) -> T
         "collections": selectors.collection_list(user=request.user),
         "conversations": selectors.conversation_list(user=request.user)[:20],
         "form": form,
+        "ask_form": AskForm(),
         "can_create": access.can_create_collection(request.user),
     }
     return TemplateResponse(request, "kb/home.html", context, status=status)

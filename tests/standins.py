@@ -1,0 +1,121 @@
+"""A model server that fails on purpose: the faults a real llama.cpp or TGI cannot be made to
+show on demand (dying mid-stream, stalling, answering 500, being slow). It speaks the same
+OpenAI-style streaming chat API, so kb's real client code talks to it unchanged.
+
+Only tests that provoke one of these faults use it; everything else uses the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Behaviour:
+    tokens: list[str] = field(default_factory=lambda: [f"word{i} " for i in range(400)])
+    # Seconds before the response starts (a slow or overloaded server).
+    delay_before: float = 0.0
+    # Seconds between tokens (a slow stream that a disconnect should cut short).
+    delay_between: float = 0.0
+    # After this many tokens: "die" (drop the connection), "stall" (send nothing more).
+    fail_after: int | None = None
+    failure: str = "die"
+    # Answer every request with this HTTP status and no stream.
+    status: int = 200
+
+
+@dataclass
+class Record:
+    requests: list[dict] = field(default_factory=list)
+    tokens_sent: int = 0
+    client_went_away: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # chunked bodies, so a dropped connection reads as broken
+    behaviour: Behaviour
+    record: Record
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:  # /v1/models, /health
+        self._json(200, {"object": "list", "data": [{"id": "failing-standin", "object": "model"}]})
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.record.requests.append(json.loads(body or b"{}"))
+        b = self.behaviour
+        time.sleep(b.delay_before)
+        if b.status != 200:
+            self._json(b.status, {"error": "failing on purpose"})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for i, token in enumerate(b.tokens):
+                if b.fail_after is not None and i == b.fail_after:
+                    if b.failure == "stall":
+                        time.sleep(3600)
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # die mid-stream: no final chunk, no [DONE]
+                    return
+                self._chunk(_event(token))
+                self.record.tokens_sent += 1
+                time.sleep(b.delay_between)
+            self._chunk(_event("", finish="stop"))
+            self._chunk(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.record.client_went_away = True
+            self.close_connection = True
+        finally:
+            self.record.finished.set()
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _event(content: str, finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "standin",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "failing-standin",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+@contextmanager
+def failing_model_server(behaviour: Behaviour) -> Iterator[tuple[str, Record]]:
+    """Run the stand-in on a free port: yields (base URL, what it saw and sent)."""
+    record = Record()
+    handler = type("Handler", (_Handler,), {"behaviour": behaviour, "record": record})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", record
+    finally:
+        server.shutdown()
+        server.server_close()
