@@ -6,6 +6,8 @@ anything is ranked, and nothing the user may not read can reach a prompt or a so
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -52,6 +54,16 @@ class Hit:
     dense_rank: int | None = None
     keyword_rank: int | None = None
     similarity: float | None = None
+    # Adjacent chunks of the same section merged into this hit, in document order (the
+    # first one is `chunk`, which citations point at); `text` is their text without overlap.
+    chunks: list[Chunk] = field(default_factory=list)
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.chunks:
+            self.chunks = [self.chunk]
+        if not self.text:
+            self.text = self.chunk.text
 
 
 @dataclass
@@ -70,6 +82,11 @@ class Timings:
 class Result:
     hits: list[Hit]
     timings: Timings = field(default_factory=Timings)
+    # Cosine similarity of the closest readable chunk (None when the dense leg did not run).
+    best_similarity: float | None = None
+    # False when nothing relevant was found: no readable chunk matched, or even the closest
+    # one is less similar than KB_MIN_SIMILARITY. Then no model should be asked.
+    relevant: bool = True
 
 
 def _ms(start: float) -> float:
@@ -133,6 +150,97 @@ def fuse(
     return [(pk, score, dense_ranks.get(pk), keyword_ranks.get(pk)) for pk, score in ordered]
 
 
+def _join(first: Chunk, second: Chunk, text: str) -> str:
+    """`text` (ending with `first`) followed by `second`, without the words the chunks share."""
+    if None not in (first.end_char, second.start_char) and second.start_char < first.end_char:
+        return text + second.text[first.end_char - second.start_char :]
+    return f"{text}\n\n{second.text}"
+
+
+def merge_adjacent(hits: list[Hit]) -> list[Hit]:
+    """Merge hits on consecutive chunks of the same section into one, at the best one's place.
+
+    Two neighbours that both rank are one passage cut in two; given together they read as
+    written and leave a slot for another passage.
+    """
+    runs: dict[tuple[int, str], list[Hit]] = {}
+    for hit in hits:
+        runs.setdefault((hit.chunk.document_id, hit.chunk.heading_path), []).append(hit)
+    merged_into: dict[int, Hit] = {}
+    for members in runs.values():
+        members.sort(key=lambda h: h.chunk.ordinal)
+        group = [members[0]]
+        for hit in members[1:] + [None]:
+            if hit is not None and hit.chunk.ordinal == group[-1].chunks[-1].ordinal + 1:
+                group.append(hit)
+                continue
+            best = min(group, key=lambda h: hits.index(h))
+            if len(group) > 1:
+                chunks = [c for h in group for c in h.chunks]
+                text = chunks[0].text
+                for previous, following in zip(chunks, chunks[1:]):
+                    text = _join(previous, following, text)
+                best = Hit(
+                    chunk=chunks[0], score=best.score, dense_rank=best.dense_rank, keyword_rank=best.keyword_rank,
+                    similarity=max((h.similarity for h in group if h.similarity is not None), default=None),
+                    chunks=chunks, text=text,
+                )  # fmt: skip
+            for h in group:
+                merged_into[id(h)] = best
+            group = [hit] if hit is not None else []
+    out: list[Hit] = []
+    for hit in hits:
+        target = merged_into[id(hit)]
+        if not any(target is kept for kept in out):
+            out.append(target)
+    return out
+
+
+def _shingles(text: str, size: int = 3) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.casefold())
+    if len(words) <= size:
+        return {tuple(words)}
+    return {tuple(words[i : i + size]) for i in range(len(words) - size + 1)}
+
+
+def drop_near_duplicates(hits: list[Hit], threshold: float) -> list[Hit]:
+    """Drop a hit whose words mostly repeat a better one's (Jaccard of word trigrams >= threshold)."""
+    kept: list[tuple[Hit, set]] = []
+    for hit in hits:
+        shingles = _shingles(hit.text)
+        if any(len(shingles & other) / max(1, len(shingles | other)) >= threshold for _, other in kept):
+            continue
+        kept.append((hit, shingles))
+    return [hit for hit, _ in kept]
+
+
+def diversify_ties(hits: list[Hit]) -> list[Hit]:
+    """Among hits with equal scores, put those from documents not yet shown first."""
+    out: list[Hit] = []
+    seen: dict[int, int] = {}
+    i = 0
+    while i < len(hits):
+        j = i
+        while j < len(hits) and math.isclose(hits[j].score, hits[i].score, rel_tol=1e-9, abs_tol=1e-12):
+            j += 1
+        tied = hits[i:j]
+        while tied:
+            # Stable: the first of the least shown documents, so the fused order breaks remaining ties.
+            pick = min(tied, key=lambda h: seen.get(h.chunk.document_id, 0))
+            tied.remove(pick)
+            out.append(pick)
+            seen[pick.chunk.document_id] = seen.get(pick.chunk.document_id, 0) + 1
+        i = j
+    return out
+
+
+def refine(hits: list[Hit], *, top_k: int) -> list[Hit]:
+    """Merge neighbours, drop near-duplicates, spread ties across documents, keep the best `top_k`."""
+    hits = merge_adjacent(hits)
+    hits = drop_near_duplicates(hits, settings.KB_DUPLICATE_THRESHOLD)
+    return diversify_ties(hits)[:top_k]
+
+
 def search(
     *,
     user,
@@ -141,7 +249,10 @@ def search(
     top_k: int | None = None,
     mode: str = "hybrid",
 ) -> Result:
-    """The best chunks for `query` among those the user may read (and, if given, in `collection_ids`)."""
+    """The best passages for `query` among the chunks the user may read (and, if given, in `collection_ids`).
+
+    `mode` "dense" or "keyword" runs one leg alone (for kb_eval); the product uses "hybrid".
+    """
     from kb import selectors
 
     top_k = top_k or settings.KB_TOP_K
@@ -170,13 +281,23 @@ def search(
         k=settings.KB_RRF_K,
         dense_weight=settings.KB_DENSE_WEIGHT if mode != "keyword" else 0.0,
         keyword_weight=settings.KB_KEYWORD_WEIGHT if mode != "dense" else 0.0,
-    )[:top_k]
+    )
+    # Refining merges and drops hits, so start from more than top_k.
+    pool = [row for row in fused if row[1] > 0][: top_k * 3]
     similarity = dict(dense)
-    by_pk = chunks.select_related("document").in_bulk([pk for pk, *_ in fused])
+    by_pk = chunks.select_related("document").in_bulk([pk for pk, *_ in pool])
     hits = [
         Hit(chunk=by_pk[pk], score=score, dense_rank=dr, keyword_rank=kr, similarity=similarity.get(pk))
-        for pk, score, dr, kr in fused
+        for pk, score, dr, kr in pool
         if pk in by_pk
     ]
+    hits = refine(hits, top_k=top_k)
     timings.fuse_ms = _ms(t)
-    return Result(hits=hits, timings=timings)
+    best = max(similarity.values(), default=None)
+    if not hits:
+        relevant = False
+    elif best is None:
+        relevant = True  # keyword leg alone: a match is all it can tell
+    else:
+        relevant = best >= settings.KB_MIN_SIMILARITY
+    return Result(hits=hits, timings=timings, best_similarity=best, relevant=relevant)

@@ -147,6 +147,11 @@ KB_DENSE_WEIGHT = env.float("KB_DENSE_WEIGHT", default=1.0)
 KB_KEYWORD_WEIGHT = env.float("KB_KEYWORD_WEIGHT", default=1.0)
 KB_CANDIDATES = env.int("KB_CANDIDATES", default=40)
 KB_FTS_CONFIG = env.str("KB_FTS_CONFIG", default="english")
+# Below this cosine similarity of the closest chunk, kb answers that it found nothing
+# relevant and does not call the model (0 turns the check off).
+KB_MIN_SIMILARITY = env.float("KB_MIN_SIMILARITY", default=0.25)
+# Passages whose word trigrams overlap a better passage's this much (Jaccard) are dropped.
+KB_DUPLICATE_THRESHOLD = env.float("KB_DUPLICATE_THRESHOLD", default=0.8)
 # Tokens of source text put into the prompt (keep small for the tiny local model).
 KB_CONTEXT_TOKENS = env.int("KB_CONTEXT_TOKENS", default=600)
 
