@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.contrib.postgres.search import SearchQueryField, SearchRank
 from django.db import connection, transaction
-from django.db.models import BooleanField, F, Func, Value
+from django.db.models import BooleanField, F, FloatField, Func, Value
 from pgvector.django import CosineDistance
 
 from kb.models import Chunk
@@ -115,16 +115,79 @@ def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]
     return [(pk, 1.0 - dist) for pk, dist in rows]
 
 
+class LexemeQuery(Func):
+    """A tsquery of one already-normalised lexeme (as tsvector_to_array gives it)."""
+
+    output_field = SearchQueryField()
+    template = "to_tsquery('simple', quote_literal(%(expressions)s))"
+
+    def __init__(self, lexeme: str):
+        super().__init__(Value(lexeme))
+
+
+class AnyLexemeQuery(Func):
+    """A tsquery matching any of the given already-normalised lexemes."""
+
+    output_field = SearchQueryField()
+    template = (
+        "to_tsquery('simple', array_to_string(ARRAY(SELECT quote_literal(l) FROM "
+        "unnest(%(expressions)s::text[]) AS l), ' | '))"
+    )
+
+    def __init__(self, lexemes: list[str]):
+        super().__init__(Value(lexemes))
+
+
+class RankCD(Func):
+    """ts_rank_cd(weights, vector, query, normalization)."""
+
+    function = "ts_rank_cd"
+    output_field = FloatField()
+
+
+def query_lexemes(text: str) -> list[str]:
+    """The question's distinct stemmed, non-stop words, as the stored tsvector holds them."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT unnest(tsvector_to_array(to_tsvector(%s::regconfig, %s)))",
+            [settings.KB_FTS_CONFIG, text.replace("\\", " ")],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 def keyword_leg(chunks, text: str, limit: int) -> list[tuple[int, float]]:
-    """(chunk id, ts_rank_cd) best first, via the GIN index on the stored tsvector."""
-    query = AnyTermQuery(text, settings.KB_FTS_CONFIG)
-    rank = SearchRank(F("search_vector"), query, cover_density=True, normalization=Value(1))
+    """(chunk id, score) best first: BM25-like weighting of ts_rank_cd, via the GIN index.
+
+    Postgres ranks without inverse document frequency, so "function" in a question about
+    Python counts as much as "recursion". Each query word is therefore ranked on its own
+    (ts_rank_cd normalised by log length, then r/(r+1) so repeats saturate, as BM25's term
+    frequency does) and weighted by its IDF among the chunks searched; words found in
+    more than KB_KEYWORD_MAX_DF of them hardly tell passages apart and are left out.
+    """
+    lexemes = query_lexemes(text)
+    if not lexemes:
+        return []
+    total = chunks.count()
+    weighted: list[tuple[str, float]] = []
+    for lexeme in lexemes:
+        df = chunks.filter(Matches(F("search_vector"), LexemeQuery(lexeme))).count()
+        if df == 0 or (df > settings.KB_KEYWORD_MAX_DF * total and len(lexemes) > 1):
+            continue
+        weighted.append((lexeme, math.log(1 + (total - df + 0.5) / (df + 0.5))))
+    if not weighted:
+        return []
+    query = AnyLexemeQuery([lexeme for lexeme, _ in weighted])
+    weights = Value(settings.KB_FTS_WEIGHTS)
+    score = sum(
+        (Value(idf) * RankCD(weights, F("search_vector"), LexemeQuery(lexeme), Value(1 | 32)) for lexeme, idf in weighted),
+        start=Value(0.0),
+    )
     return list(
         chunks.alias(matches=Matches(F("search_vector"), query))
         .filter(matches=True)
-        .annotate(rank=rank)
-        .order_by("-rank", "pk")
-        .values_list("pk", "rank")[:limit]
+        .annotate(score=score)
+        .order_by("-score", "pk")
+        .values_list("pk", "score")[:limit]
     )
 
 
