@@ -43,13 +43,19 @@ def _source_entry(n: int, hit: retrieval.Hit) -> dict:
         "heading": chunk.heading_path or None,
         "page": chunk.page,
         "score": round(hit.score, 6),
-        "text": chunk.text,
+        "text": hit.text,
     }
 
 
 def retrieve_sources(*, user, question: str, collections, top_k: int | None = None):
-    """Numbered sources for a question from the given collections the user may read, best first."""
+    """Numbered sources for a question from the given collections the user may read, best first.
+
+    No sources when nothing relevant was found (see retrieval.Result.relevant): the caller
+    then says so instead of asking the model.
+    """
     result = retrieval.search(user=user, query=question, collection_ids=[c.pk for c in collections], top_k=top_k)
+    if not result.relevant:
+        return [], result
     return [_source_entry(n, hit) for n, hit in enumerate(result.hits, start=1)], result
 
 
@@ -57,18 +63,36 @@ def system_prompt() -> str:
     return settings.KB_SYSTEM_PROMPT or DEFAULT_SYSTEM_PROMPT
 
 
+# A cut passage shorter than this many tokens is not worth its place in the prompt.
+MIN_CUT_TOKENS = 40
+
+
+def _cut(text: str, chars: int) -> str:
+    """The start of `text` within `chars`, ending at a sentence (else word) boundary, marked as cut."""
+    head = text[:chars]
+    for end in (". ", ".\n", "\n\n", "\n", " "):
+        at = head.rfind(end)
+        if at > chars // 2:
+            return head[: at + 1].rstrip() + " …"
+    return head.rstrip() + " …"
+
+
 def fit_to_budget(sources: list[dict], budget_tokens: int) -> list[dict]:
-    """Keep sources best first until the budget is spent; the first is always kept, cut if need be."""
+    """The sources that fit `budget_tokens` of text, best first, renumbered from 1.
+
+    The best source is always kept (cut if need be); a later one that does not fit whole is
+    cut to the budget left if that leaves a useful passage, else skipped for a shorter one.
+    """
     budget = budget_tokens * CHARS_PER_TOKEN
     kept: list[dict] = []
     for source in sources:
         cost = len(source["text"])
-        if kept and cost > budget:
-            break
-        if not kept and cost > budget:
-            source = {**source, "text": source["text"][: max(budget, 200)]}
+        if cost > budget:
+            if kept and budget < MIN_CUT_TOKENS * CHARS_PER_TOKEN:
+                continue
+            source = {**source, "text": _cut(source["text"], max(budget, MIN_CUT_TOKENS * CHARS_PER_TOKEN))}
             cost = len(source["text"])
-        kept.append(source)
+        kept.append({**source, "n": len(kept) + 1})
         budget -= cost
     return kept
 

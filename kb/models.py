@@ -148,8 +148,11 @@ class Chunk(models.Model):
     start_char = models.IntegerField(null=True, blank=True)
     end_char = models.IntegerField(null=True, blank=True)
     embedding = VectorField(dimensions=settings.KB_EMBED_DIM)
+    # Headings weigh as label A and body text as D, so ts_rank_cd (KB_FTS_WEIGHTS) favours
+    # a passage whose section is about the words over one that mentions them in passing.
     search_vector = models.GeneratedField(
-        expression=SearchVector("heading_path", "text", config=settings.KB_FTS_CONFIG),
+        expression=SearchVector("heading_path", weight="A", config=settings.KB_FTS_CONFIG)
+        + SearchVector("text", weight="D", config=settings.KB_FTS_CONFIG),
         output_field=SearchVectorField(),
         db_persist=True,
     )

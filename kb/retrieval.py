@@ -6,6 +6,8 @@ anything is ranked, and nothing the user may not read can reach a prompt or a so
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.contrib.postgres.search import SearchQueryField, SearchRank
 from django.db import connection, transaction
-from django.db.models import BooleanField, F, Func, Value
+from django.db.models import BooleanField, F, FloatField, Func, Value
 from pgvector.django import CosineDistance
 
 from kb.models import Chunk
@@ -52,6 +54,16 @@ class Hit:
     dense_rank: int | None = None
     keyword_rank: int | None = None
     similarity: float | None = None
+    # Adjacent chunks of the same section merged into this hit, in document order (the
+    # first one is `chunk`, which citations point at); `text` is their text without overlap.
+    chunks: list[Chunk] = field(default_factory=list)
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.chunks:
+            self.chunks = [self.chunk]
+        if not self.text:
+            self.text = self.chunk.text
 
 
 @dataclass
@@ -70,6 +82,11 @@ class Timings:
 class Result:
     hits: list[Hit]
     timings: Timings = field(default_factory=Timings)
+    # Cosine similarity of the closest readable chunk (None when the dense leg did not run).
+    best_similarity: float | None = None
+    # False when nothing relevant was found: no readable chunk matched, or even the closest
+    # one is less similar than KB_MIN_SIMILARITY. Then no model should be asked.
+    relevant: bool = True
 
 
 def _ms(start: float) -> float:
@@ -98,16 +115,79 @@ def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]
     return [(pk, 1.0 - dist) for pk, dist in rows]
 
 
+class LexemeQuery(Func):
+    """A tsquery of one already-normalised lexeme (as tsvector_to_array gives it)."""
+
+    output_field = SearchQueryField()
+    template = "to_tsquery('simple', quote_literal(%(expressions)s))"
+
+    def __init__(self, lexeme: str):
+        super().__init__(Value(lexeme))
+
+
+class AnyLexemeQuery(Func):
+    """A tsquery matching any of the given already-normalised lexemes."""
+
+    output_field = SearchQueryField()
+    template = (
+        "to_tsquery('simple', array_to_string(ARRAY(SELECT quote_literal(l) FROM "
+        "unnest(%(expressions)s::text[]) AS l), ' | '))"
+    )
+
+    def __init__(self, lexemes: list[str]):
+        super().__init__(Value(lexemes))
+
+
+class RankCD(Func):
+    """ts_rank_cd(weights, vector, query, normalization)."""
+
+    function = "ts_rank_cd"
+    output_field = FloatField()
+
+
+def query_lexemes(text: str) -> list[str]:
+    """The question's distinct stemmed, non-stop words, as the stored tsvector holds them."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT unnest(tsvector_to_array(to_tsvector(%s::regconfig, %s)))",
+            [settings.KB_FTS_CONFIG, text.replace("\\", " ")],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 def keyword_leg(chunks, text: str, limit: int) -> list[tuple[int, float]]:
-    """(chunk id, ts_rank_cd) best first, via the GIN index on the stored tsvector."""
-    query = AnyTermQuery(text, settings.KB_FTS_CONFIG)
-    rank = SearchRank(F("search_vector"), query, cover_density=True, normalization=Value(1))
+    """(chunk id, score) best first: BM25-like weighting of ts_rank_cd, via the GIN index.
+
+    Postgres ranks without inverse document frequency, so "function" in a question about
+    Python counts as much as "recursion". Each query word is therefore ranked on its own
+    (ts_rank_cd normalised by log length, then r/(r+1) so repeats saturate, as BM25's term
+    frequency does) and weighted by its IDF among the chunks searched; words found in
+    more than KB_KEYWORD_MAX_DF of them hardly tell passages apart and are left out.
+    """
+    lexemes = query_lexemes(text)
+    if not lexemes:
+        return []
+    total = chunks.count()
+    weighted: list[tuple[str, float]] = []
+    for lexeme in lexemes:
+        df = chunks.filter(Matches(F("search_vector"), LexemeQuery(lexeme))).count()
+        if df == 0 or (df > settings.KB_KEYWORD_MAX_DF * total and len(lexemes) > 1):
+            continue
+        weighted.append((lexeme, math.log(1 + (total - df + 0.5) / (df + 0.5))))
+    if not weighted:
+        return []
+    query = AnyLexemeQuery([lexeme for lexeme, _ in weighted])
+    weights = Value(settings.KB_FTS_WEIGHTS)
+    score = sum(
+        (Value(idf) * RankCD(weights, F("search_vector"), LexemeQuery(lexeme), Value(1 | 32)) for lexeme, idf in weighted),
+        start=Value(0.0),
+    )
     return list(
         chunks.alias(matches=Matches(F("search_vector"), query))
         .filter(matches=True)
-        .annotate(rank=rank)
-        .order_by("-rank", "pk")
-        .values_list("pk", "rank")[:limit]
+        .annotate(score=score)
+        .order_by("-score", "pk")
+        .values_list("pk", "score")[:limit]
     )
 
 
@@ -133,6 +213,97 @@ def fuse(
     return [(pk, score, dense_ranks.get(pk), keyword_ranks.get(pk)) for pk, score in ordered]
 
 
+def _join(first: Chunk, second: Chunk, text: str) -> str:
+    """`text` (ending with `first`) followed by `second`, without the words the chunks share."""
+    if None not in (first.end_char, second.start_char) and second.start_char < first.end_char:
+        return text + second.text[first.end_char - second.start_char :]
+    return f"{text}\n\n{second.text}"
+
+
+def merge_adjacent(hits: list[Hit]) -> list[Hit]:
+    """Merge hits on consecutive chunks of the same section into one, at the best one's place.
+
+    Two neighbours that both rank are one passage cut in two; given together they read as
+    written and leave a slot for another passage.
+    """
+    runs: dict[tuple[int, str], list[Hit]] = {}
+    for hit in hits:
+        runs.setdefault((hit.chunk.document_id, hit.chunk.heading_path), []).append(hit)
+    merged_into: dict[int, Hit] = {}
+    for members in runs.values():
+        members.sort(key=lambda h: h.chunk.ordinal)
+        group = [members[0]]
+        for hit in members[1:] + [None]:
+            if hit is not None and hit.chunk.ordinal == group[-1].chunks[-1].ordinal + 1:
+                group.append(hit)
+                continue
+            best = min(group, key=lambda h: hits.index(h))
+            if len(group) > 1:
+                chunks = [c for h in group for c in h.chunks]
+                text = chunks[0].text
+                for previous, following in zip(chunks, chunks[1:]):
+                    text = _join(previous, following, text)
+                best = Hit(
+                    chunk=chunks[0], score=best.score, dense_rank=best.dense_rank, keyword_rank=best.keyword_rank,
+                    similarity=max((h.similarity for h in group if h.similarity is not None), default=None),
+                    chunks=chunks, text=text,
+                )  # fmt: skip
+            for h in group:
+                merged_into[id(h)] = best
+            group = [hit] if hit is not None else []
+    out: list[Hit] = []
+    for hit in hits:
+        target = merged_into[id(hit)]
+        if not any(target is kept for kept in out):
+            out.append(target)
+    return out
+
+
+def _shingles(text: str, size: int = 3) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.casefold())
+    if len(words) <= size:
+        return {tuple(words)}
+    return {tuple(words[i : i + size]) for i in range(len(words) - size + 1)}
+
+
+def drop_near_duplicates(hits: list[Hit], threshold: float) -> list[Hit]:
+    """Drop a hit whose words mostly repeat a better one's (Jaccard of word trigrams >= threshold)."""
+    kept: list[tuple[Hit, set]] = []
+    for hit in hits:
+        shingles = _shingles(hit.text)
+        if any(len(shingles & other) / max(1, len(shingles | other)) >= threshold for _, other in kept):
+            continue
+        kept.append((hit, shingles))
+    return [hit for hit, _ in kept]
+
+
+def diversify_ties(hits: list[Hit]) -> list[Hit]:
+    """Among hits with equal scores, put those from documents not yet shown first."""
+    out: list[Hit] = []
+    seen: dict[int, int] = {}
+    i = 0
+    while i < len(hits):
+        j = i
+        while j < len(hits) and math.isclose(hits[j].score, hits[i].score, rel_tol=1e-9, abs_tol=1e-12):
+            j += 1
+        tied = hits[i:j]
+        while tied:
+            # Stable: the first of the least shown documents, so the fused order breaks remaining ties.
+            pick = min(tied, key=lambda h: seen.get(h.chunk.document_id, 0))
+            tied.remove(pick)
+            out.append(pick)
+            seen[pick.chunk.document_id] = seen.get(pick.chunk.document_id, 0) + 1
+        i = j
+    return out
+
+
+def refine(hits: list[Hit], *, top_k: int) -> list[Hit]:
+    """Merge neighbours, drop near-duplicates, spread ties across documents, keep the best `top_k`."""
+    hits = merge_adjacent(hits)
+    hits = drop_near_duplicates(hits, settings.KB_DUPLICATE_THRESHOLD)
+    return diversify_ties(hits)[:top_k]
+
+
 def search(
     *,
     user,
@@ -141,7 +312,10 @@ def search(
     top_k: int | None = None,
     mode: str = "hybrid",
 ) -> Result:
-    """The best chunks for `query` among those the user may read (and, if given, in `collection_ids`)."""
+    """The best passages for `query` among the chunks the user may read (and, if given, in `collection_ids`).
+
+    `mode` "dense" or "keyword" runs one leg alone (for kb_eval); the product uses "hybrid".
+    """
     from kb import selectors
 
     top_k = top_k or settings.KB_TOP_K
@@ -170,13 +344,23 @@ def search(
         k=settings.KB_RRF_K,
         dense_weight=settings.KB_DENSE_WEIGHT if mode != "keyword" else 0.0,
         keyword_weight=settings.KB_KEYWORD_WEIGHT if mode != "dense" else 0.0,
-    )[:top_k]
+    )
+    # Refining merges and drops hits, so start from more than top_k.
+    pool = [row for row in fused if row[1] > 0][: top_k * 3]
     similarity = dict(dense)
-    by_pk = chunks.select_related("document").in_bulk([pk for pk, *_ in fused])
+    by_pk = chunks.select_related("document").in_bulk([pk for pk, *_ in pool])
     hits = [
         Hit(chunk=by_pk[pk], score=score, dense_rank=dr, keyword_rank=kr, similarity=similarity.get(pk))
-        for pk, score, dr, kr in fused
+        for pk, score, dr, kr in pool
         if pk in by_pk
     ]
+    hits = refine(hits, top_k=top_k)
     timings.fuse_ms = _ms(t)
-    return Result(hits=hits, timings=timings)
+    best = max(similarity.values(), default=None)
+    if not hits:
+        relevant = False
+    elif best is None:
+        relevant = True  # keyword leg alone: a match is all it can tell
+    else:
+        relevant = best >= settings.KB_MIN_SIMILARITY
+    return Result(hits=hits, timings=timings, best_similarity=best, relevant=relevant)

@@ -147,6 +147,15 @@ KB_DENSE_WEIGHT = env.float("KB_DENSE_WEIGHT", default=1.0)
 KB_KEYWORD_WEIGHT = env.float("KB_KEYWORD_WEIGHT", default=1.0)
 KB_CANDIDATES = env.int("KB_CANDIDATES", default=40)
 KB_FTS_CONFIG = env.str("KB_FTS_CONFIG", default="english")
+# ts_rank_cd weights of the labels D, C, B, A (headings are A, body text D).
+KB_FTS_WEIGHTS = env.str("KB_FTS_WEIGHTS", default="{0.1, 0.2, 0.4, 1.0}")
+# Query words found in more than this share of the searched chunks are left out of the keyword leg.
+KB_KEYWORD_MAX_DF = env.float("KB_KEYWORD_MAX_DF", default=0.5)
+# Below this cosine similarity of the closest chunk, kb answers that it found nothing
+# relevant and does not call the model (0 turns the check off).
+KB_MIN_SIMILARITY = env.float("KB_MIN_SIMILARITY", default=0.25)
+# Passages whose word trigrams overlap a better passage's this much (Jaccard) are dropped.
+KB_DUPLICATE_THRESHOLD = env.float("KB_DUPLICATE_THRESHOLD", default=0.8)
 # Tokens of source text put into the prompt (keep small for the tiny local model).
 KB_CONTEXT_TOKENS = env.int("KB_CONTEXT_TOKENS", default=600)
 

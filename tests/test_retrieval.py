@@ -1,6 +1,7 @@
 import pytest
 
-from kb import retrieval
+from kb import answering, retrieval
+from kb.models import Chunk
 from tests.factories import add_document, make_collection, make_user
 from tests.test_views import BACKUPS
 
@@ -76,3 +77,160 @@ def test_filtered_dense_search_still_returns_k_results_when_the_readable_share_i
     hits = retrieval.search(user=reader, query="gardening tomatoes", top_k=3, mode="dense").hits
     assert len(hits) == 3
     assert {h.chunk.collection_id for h in hits} == {mine.pk}
+
+
+def test_filtered_hybrid_search_still_returns_k_results_when_the_readable_share_is_small():
+    reader = make_user()
+    mine = make_collection(viewer=[reader])
+    other = make_collection()
+    for i in range(4):
+        add_document(mine, f"mine{i}.md", f"# Note {i}\n\nA short note about topic {i} and gardening.")
+    for i in range(30):
+        add_document(other, f"other{i}.md", f"# Gardening {i}\n\nWater the tomatoes every morning, tip {i}.")
+    hits = retrieval.search(user=reader, query="watering tomatoes", top_k=3).hits
+    assert len(hits) == 3
+    assert {h.chunk.collection_id for h in hits} == {mine.pk}
+
+
+def test_both_legs_keep_to_the_picked_collections():
+    reader = make_user()
+    picked = make_collection(viewer=[reader])
+    also_readable = make_collection(viewer=[reader])
+    add_document(picked, "backups.md", BACKUPS)
+    add_document(also_readable, "vacation.md", VACATION)
+    for mode in ("dense", "keyword", "hybrid"):
+        hits = retrieval.search(user=reader, query="vacation days", collection_ids=[picked.pk], mode=mode).hits
+        assert {h.chunk.collection_id for h in hits} <= {picked.pk}, mode
+        hits = retrieval.search(user=reader, query="vacation days", mode=mode).hits
+        assert also_readable.pk in {h.chunk.collection_id for h in hits}, mode
+
+
+# --- refining the fused list --------------------------------------------------------------
+
+
+def _hit(pk: int, *, document: int, ordinal: int, text: str, score: float, heading: str = "S", start=None):
+    chunk = Chunk(pk=pk, document_id=document, collection_id=1, ordinal=ordinal, text=text, heading_path=heading,
+                  start_char=start, end_char=None if start is None else start + len(text))  # fmt: skip
+    return retrieval.Hit(chunk=chunk, score=score)
+
+
+def test_adjacent_chunks_of_one_section_merge_at_the_better_place_without_the_overlap():
+    first = _hit(1, document=7, ordinal=0, text="Stop the app. Run the restore", score=0.5, start=0)
+    second = _hit(2, document=7, ordinal=1, text="Run the restore script with a date.", score=0.9, start=14)
+    other = _hit(3, document=8, ordinal=0, text="Vacation days carry over.", score=0.7)
+    merged = retrieval.merge_adjacent([second, other, first])
+    assert [h.chunk.pk for h in merged] == [1, 3]
+    assert [c.pk for c in merged[0].chunks] == [1, 2]
+    assert merged[0].text == "Stop the app. Run the restore script with a date."
+    assert merged[0].score == 0.9
+
+
+def test_chunks_of_different_sections_or_not_adjacent_stay_apart():
+    a = _hit(1, document=7, ordinal=0, text="a", score=0.9, heading="Schedule")
+    b = _hit(2, document=7, ordinal=1, text="b", score=0.8, heading="Restore")
+    c = _hit(3, document=7, ordinal=3, text="c", score=0.7, heading="Restore")
+    assert [h.chunk.pk for h in retrieval.merge_adjacent([a, b, c])] == [1, 2, 3]
+
+
+def test_a_near_duplicate_of_a_better_passage_is_dropped():
+    text = "To restore, stop the application, then run the restore script with the date of the copy."
+    best = _hit(1, document=1, ordinal=0, text=text, score=0.9)
+    copy = _hit(2, document=2, ordinal=0, text=text.replace("copy.", "copy!"), score=0.8)
+    different = _hit(3, document=3, ordinal=0, text="The database backup runs nightly at 02:00.", score=0.7)
+    assert [h.chunk.pk for h in retrieval.drop_near_duplicates([best, copy, different], 0.8)] == [1, 3]
+
+
+def test_ties_prefer_a_document_not_yet_shown():
+    a1 = _hit(1, document=1, ordinal=0, text="a", score=0.9)
+    a2 = _hit(2, document=1, ordinal=5, text="b", score=0.5)
+    b1 = _hit(3, document=2, ordinal=0, text="c", score=0.5)
+    a3 = _hit(4, document=1, ordinal=9, text="d", score=0.4)
+    assert [h.chunk.pk for h in retrieval.diversify_ties([a1, a2, b1, a3])] == [1, 3, 2, 4]
+
+
+def test_identical_documents_yield_one_passage(corpus):
+    reader, ops, _ = corpus
+    add_document(ops, "backups-copy.md", BACKUPS)
+    hits = retrieval.search(user=reader, query="how do I restore a backup", collection_ids=[ops.pk]).hits
+    texts = [h.text for h in hits]
+    assert len(texts) == len(set(texts))
+    assert sum("restore script" in t for t in texts) == 1
+
+
+def test_a_long_section_comes_back_as_one_passage(settings):
+    settings.KB_CHUNK_TOKENS = 24
+    settings.KB_CHUNK_OVERLAP = 4
+    reader = make_user()
+    collection = make_collection(viewer=[reader])
+    body = " ".join(f"Step {n}: the restore script copies the backup files back into the database folder." for n in
+                    range(1, 5))  # fmt: skip
+    document = add_document(collection, "restore.md", f"# Restore\n\n{body}\n\n# Vacation\n\nDays off are nice.")
+    assert document.chunk_count > 2
+    hits = retrieval.search(user=reader, query="restore script copies backup files", top_k=2).hits
+    assert len(hits[0].chunks) > 1
+    for n in range(1, 5):
+        assert hits[0].text.count(f"Step {n}:") == 1
+
+
+# --- nothing relevant ---------------------------------------------------------------------
+
+
+def test_an_unrelated_question_is_marked_not_relevant(corpus):
+    reader, ops, _ = corpus
+    result = retrieval.search(user=reader, query="who won the football world cup in 2018", collection_ids=[ops.pk])
+    assert result.best_similarity is not None and not result.relevant
+    assert answering.retrieve_sources(user=reader, question="who won the football world cup in 2018",
+                                      collections=[ops])[0] == []  # fmt: skip
+
+
+def test_a_related_question_is_relevant(corpus):
+    reader, ops, _ = corpus
+    result = retrieval.search(user=reader, query="when does the nightly database backup run", collection_ids=[ops.pk])
+    assert result.relevant
+    sources, _ = answering.retrieve_sources(user=reader, question="when does the backup run", collections=[ops])
+    assert sources and sources[0]["n"] == 1
+
+
+def test_the_threshold_is_a_setting(corpus, settings):
+    reader, ops, _ = corpus
+    settings.KB_MIN_SIMILARITY = 0.0
+    assert retrieval.search(user=reader, query="who won the world cup", collection_ids=[ops.pk]).relevant
+    settings.KB_MIN_SIMILARITY = 0.99
+    assert not retrieval.search(user=reader, query="when does the backup run", collection_ids=[ops.pk]).relevant
+
+
+def test_no_readable_chunk_is_not_relevant():
+    reader = make_user()
+    hr = make_collection()
+    add_document(hr, "vacation.md", VACATION)
+    result = retrieval.search(user=reader, query="vacation days")
+    assert result.hits == [] and not result.relevant
+
+
+# --- the prompt's budget ------------------------------------------------------------------
+
+
+def _source(n: int, text: str) -> dict:
+    return {"n": n, "text": text}
+
+
+def test_budget_keeps_sources_best_first_and_renumbers_them():
+    sources = [_source(1, "a" * 400), _source(2, "b" * 2000), _source(3, "c" * 300)]
+    kept = answering.fit_to_budget(sources, budget_tokens=200)  # 800 characters
+    assert [s["text"][0] for s in kept] == ["a", "b"]  # b cut to the 400 characters left, then full
+    assert [s["n"] for s in kept] == [1, 2]
+    assert sum(len(s["text"]) for s in kept) <= 800 + 2
+
+
+def test_budget_skips_a_source_that_cannot_usefully_fit_for_a_shorter_one():
+    sources = [_source(1, "a" * 700), _source(2, "b" * 2000), _source(3, "c" * 90)]
+    kept = answering.fit_to_budget(sources, budget_tokens=200)  # 100 characters left after the first
+    assert [s["text"][0] for s in kept] == ["a", "c"]
+    assert [s["n"] for s in kept] == [1, 2]
+
+
+def test_budget_cuts_the_first_source_at_a_sentence():
+    text = "First sentence here. " * 100
+    kept = answering.fit_to_budget([_source(1, text)], budget_tokens=50)
+    assert len(kept) == 1 and len(kept[0]["text"]) <= 200 + 2
+    assert kept[0]["text"].endswith("here. …")

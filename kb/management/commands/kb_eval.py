@@ -1,0 +1,157 @@
+"""Measure retrieval on a set of questions: hit@1, hit@k and MRR@k of each mode, and latency.
+
+Each line of QUESTIONS is {"q": "...", "expected": ["source path", ...]}; a question with an
+empty `expected` has no answer in the collection and counts only towards the no-answer
+figures. Retrieval runs through kb.retrieval.search, as the product's, with the access of
+--user (default: the operator).
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import statistics
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.http import Http404
+
+from kb import access, retrieval, selectors
+
+MODES = ("dense", "keyword", "hybrid")
+STAGES = ("embed_ms", "dense_ms", "keyword_ms", "fuse_ms", "total_ms")
+
+
+def load_questions(path: Path) -> list[dict]:
+    questions = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = jsonlib.loads(line)
+            questions.append({"q": str(item["q"]), "expected": [str(e) for e in item.get("expected") or []]})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CommandError(f"{path}:{n}: expected {{\"q\": ..., \"expected\": [...]}} ({exc}).") from None
+    if not questions:
+        raise CommandError(f"{path}: no questions.")
+    return questions
+
+
+def first_relevant_rank(result: retrieval.Result, expected: list[str]) -> int | None:
+    """1-based rank of the first passage from an expected source, or None."""
+    wanted = set(expected)
+    for rank, hit in enumerate(result.hits, start=1):
+        if hit.chunk.document.source_path in wanted:
+            return rank
+    return None
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+def evaluate(*, user, questions: list[dict], collection_ids: list[int], k: int, modes=MODES) -> dict:
+    """Figures per mode: hit@1, hit@k, MRR@k over answerable questions, no-answer counts, latency."""
+    retrieval.search(user=user, query="warm-up", collection_ids=collection_ids, top_k=k)  # loads the model
+    report: dict = {"k": k, "questions": len(questions), "modes": {}, "per_question": []}
+    answerable = [q for q in questions if q["expected"]]
+    unanswerable = [q for q in questions if not q["expected"]]
+    for mode in modes:
+        ranks: list[int | None] = []
+        timings: dict[str, list[float]] = {stage: [] for stage in STAGES}
+        refused_answerable = refused_unanswerable = 0
+        for item in questions:
+            result = retrieval.search(user=user, query=item["q"], collection_ids=collection_ids, top_k=k, mode=mode)
+            for stage in STAGES:
+                timings[stage].append(getattr(result.timings, stage))
+            if item["expected"]:
+                rank = first_relevant_rank(result, item["expected"])
+                ranks.append(rank)
+                refused_answerable += not result.relevant
+            else:
+                rank = None
+                refused_unanswerable += not result.relevant
+            if mode == "hybrid":
+                report["per_question"].append({
+                    "q": item["q"], "rank": rank, "relevant": result.relevant,
+                    "best_similarity": result.best_similarity,
+                    "top": [h.chunk.document.source_path for h in result.hits],
+                })  # fmt: skip
+        n = max(1, len(ranks))
+        report["modes"][mode] = {
+            "hit@1": sum(1 for r in ranks if r == 1) / n,
+            f"hit@{k}": sum(1 for r in ranks if r is not None) / n,
+            f"mrr@{k}": sum(1 / r for r in ranks if r is not None) / n,
+            "answerable": len(answerable),
+            "unanswerable": len(unanswerable),
+            "refused_unanswerable": refused_unanswerable,
+            "refused_answerable": refused_answerable,
+            "latency_ms": {
+                stage: {"p50": percentile(values, 50), "p95": percentile(values, 95), "mean": statistics.fmean(values)}
+                for stage, values in timings.items()
+            },
+        }
+    return report
+
+
+class Command(BaseCommand):
+    help = "Evaluate retrieval on QUESTIONS.jsonl: hit@1, hit@k, MRR@k per mode, and latency p50/p95."
+
+    def add_arguments(self, parser):
+        parser.add_argument("questions", metavar="QUESTIONS.jsonl")
+        parser.add_argument("--collection", action="append", required=True, metavar="NAME")
+        parser.add_argument("--k", type=int, default=5, help="passages retrieved per question (default 5)")
+        parser.add_argument("--mode", action="append", choices=MODES, help="only these modes (default: all three)")
+        parser.add_argument("--user", metavar="USERNAME", help="evaluate with this user's access (default: operator)")
+        parser.add_argument("--json", action="store_true", help="print the figures and each question's ranks as JSON")
+
+    def handle(self, *args, questions, collection, k, mode, user, json: bool, **options):
+        if k < 1:
+            raise CommandError("--k must be at least 1.")
+        path = Path(questions)
+        if not path.is_file():
+            raise CommandError(f"{questions}: no such file.")
+        if user:
+            actor = get_user_model().objects.filter(username=user, is_active=True).first()
+            if actor is None:
+                raise CommandError(f"No active user named {user!r}.")
+        else:
+            actor = access.system_user()
+        try:
+            collections = [selectors.collection_get_by_name(user=actor, name=name) for name in collection]
+        except Http404 as exc:
+            raise CommandError(str(exc)) from None
+        report = evaluate(
+            user=actor, questions=load_questions(path), collection_ids=[c.pk for c in collections], k=k,
+            modes=tuple(mode or MODES),
+        )  # fmt: skip
+        if json:
+            self.stdout.write(jsonlib.dumps(report, indent=2))
+            return
+        self._print(report, k)
+
+    def _print(self, report: dict, k: int) -> None:
+        first = next(iter(report["modes"].values()))
+        self.stdout.write(
+            f"{first['answerable']} answerable and {first['unanswerable']} unanswerable questions, k={k}, "
+            f"RRF k={settings.KB_RRF_K}, weights dense {settings.KB_DENSE_WEIGHT} / keyword "
+            f"{settings.KB_KEYWORD_WEIGHT}, min similarity {settings.KB_MIN_SIMILARITY}"
+        )
+        self.stdout.write(f"{'mode':<8} {'hit@1':>6} {f'hit@{k}':>6} {f'MRR@{k}':>6}  {'no-answer':>9}  "
+                          f"{'false no-answer':>15}  {'p50 ms':>7} {'p95 ms':>7}")  # fmt: skip
+        for mode, m in report["modes"].items():
+            lat = m["latency_ms"]["total_ms"]
+            self.stdout.write(
+                f"{mode:<8} {m['hit@1']:>6.3f} {m[f'hit@{k}']:>6.3f} {m[f'mrr@{k}']:>6.3f}  "
+                f"{m['refused_unanswerable']:>4}/{m['unanswerable']:<4}  {m['refused_answerable']:>10}/{m['answerable']:<4}  "
+                f"{lat['p50']:>7.1f} {lat['p95']:>7.1f}"
+            )
+        self.stdout.write("\nRetrieval latency per stage, ms (p50 / p95):")
+        for mode, m in report["modes"].items():
+            parts = [f"{stage[:-3]} {m['latency_ms'][stage]['p50']:.1f} / {m['latency_ms'][stage]['p95']:.1f}"
+                     for stage in STAGES]  # fmt: skip
+            self.stdout.write(f"  {mode:<8} " + ", ".join(parts))
