@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('kb', '0002_initial'),
+        ('kb', '0003_retrieval_weighted_search_vector'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
