@@ -224,12 +224,12 @@ def test_asking_from_home_searches_only_the_picked_readable_collections(client):
     hidden = make_collection()
     add_document(hidden, "secret.md", "# Backups\n\nThe secret backup runs at 03:00.")
     client.force_login(user)
-    question = {"question": "When does the backup run?"}
-    client.post(reverse("ask"), {**question, "collections": [releases.pk, hidden.pk]})
+    client.post(reverse("ask"), {"question": "When do releases go out?", "collections": [releases.pk, hidden.pk]})
     picked = Message.objects.latest("created_at")
-    assert {s["collection_id"] for s in picked.sources} == {releases.pk}
+    assert picked.sources and {s["collection_id"] for s in picked.sources} == {releases.pk}
     assert set(picked.conversation.collections.all()) == {releases}
-    client.post(reverse("ask"), question)
+    client.post(reverse("ask"), {"question": "When does the backup run?"})
     everything = Message.objects.latest("created_at")
-    assert {s["collection_id"] for s in everything.sources} == {ops.pk, releases.pk}
+    assert set(everything.conversation.collections.all()) == {ops, releases}
     assert everything.sources[0]["source"] == "backups.md"
+    assert hidden.pk not in {s["collection_id"] for s in everything.sources}
