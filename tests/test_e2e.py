@@ -87,7 +87,7 @@ def test_upload_ingest_ask_stream_and_follow_a_citation(
     expect(second.locator(".answer:not(.streaming)")).to_be_visible(timeout=120_000)
     expect(second.locator("ol.sources li").first).to_contain_text(re.compile("backup", re.I))
     # The reader rates it; the judgement is stored for admins.
-    second.get_by_title("Helpful", exact=True).click()
+    second.get_by_role("button", name="Helpful", exact=True).click()
     expect(second.locator(".feedback-thanks")).to_contain_text("helpful")
     from kb.models import Feedback
 
