@@ -233,3 +233,23 @@ def test_asking_from_home_searches_only_the_picked_readable_collections(client):
     assert set(everything.conversation.collections.all()) == {ops, releases}
     assert everything.sources[0]["source"] == "backups.md"
     assert hidden.pk not in {s["collection_id"] for s in everything.sources}
+
+
+def test_each_citation_links_to_its_own_passage_and_unknown_numbers_stay_text(client):
+    import re
+
+    user, message = ask("How do I restore a backup, and when do backups run?")
+    by_heading = {s["heading"].split(" > ")[-1]: s for s in message.sources}
+    restore, schedule = by_heading["Restore"], by_heading["Schedule"]
+    answered(
+        message, answer=f"Stop the app, run the script [{restore['n']}]. Nightly at 02:00 [{schedule['n']}]. See [9]."
+    )
+    client.force_login(user)
+    html = client.get(message.conversation.get_absolute_url()).content.decode()
+    links = dict((int(n), href) for href, n in re.findall(r'<a class="cite" href="([^"]+)"[^>]*>\[(\d+)\]</a>', html))
+    assert set(links) == {restore["n"], schedule["n"]}, "only numbers of real sources become links"
+    assert "See [9]." in html
+    for source in (restore, schedule):
+        page = client.get(links[source["n"]].replace("&amp;", "&")).content.decode()
+        hit = re.search(r'id="chunk-(\d+)" class="passage passage-hit"', page)
+        assert hit and int(hit.group(1)) == source["chunk_id"]
