@@ -7,6 +7,7 @@ streaming chat API; everything else (Django's ASGI stack, uvicorn, Postgres) is 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -121,20 +122,30 @@ def wait_for_status(message: Message, *statuses: str, timeout: float = 15) -> Me
     raise AssertionError(f"message stayed {message.status}")
 
 
-@pytest.mark.django_db(transaction=True)
-def test_client_disconnect_stops_generation_and_keeps_the_partial_answer(settings):
-    user, message = ask()
-    # 400 tokens, one every 50 ms: twenty seconds of answer if nobody stops it.
+@contextmanager
+def streaming_through_uvicorn(settings, user, message):
+    """A real uvicorn streaming the message's answer from a slow stand-in model server.
+
+    Yields (the open SSE response, its line iterator, what the model server saw); 400 tokens,
+    one every 50 ms: twenty seconds of answer if nobody stops it.
+    """
     with failing_model_server(Behaviour(delay_between=0.05)) as (url, record):
         settings.TGI_URL = url
         with kb_web_server() as web:
             stream_url = web + reverse("message_stream", args=[message.pk])
             with httpx.stream("GET", stream_url, cookies=session_cookies(user), timeout=10) as response:
                 assert response.status_code == 200
-                read_tokens(response.iter_lines(), 3)
-            # The browser is gone: the server closes the model stream and keeps what arrived.
-            assert record.finished.wait(10), "generation went on after the reader left"
-            message = wait_for_status(message, Message.Status.INCOMPLETE)
+                yield response, response.iter_lines(), record
+            assert record.finished.wait(10), "generation went on after the stream ended"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_client_disconnect_stops_generation_and_keeps_the_partial_answer(settings):
+    user, message = ask()
+    with streaming_through_uvicorn(settings, user, message) as (_, lines, record):
+        read_tokens(lines, 3)
+    # The browser is gone: the server closed the model stream and kept what arrived.
+    message = wait_for_status(message, Message.Status.INCOMPLETE)
     assert record.client_went_away
     assert record.tokens_sent < 100
     assert message.error == DISCONNECTED
@@ -144,20 +155,13 @@ def test_client_disconnect_stops_generation_and_keeps_the_partial_answer(setting
 @pytest.mark.django_db(transaction=True)
 def test_stop_button_ends_generation_and_the_stream_sends_the_final_state(settings):
     user, message = ask()
-    with failing_model_server(Behaviour(delay_between=0.05)) as (url, record):
-        settings.TGI_URL = url
-        with kb_web_server() as web:
-            cookies = session_cookies(user)
-            stream_url = web + reverse("message_stream", args=[message.pk])
-            with httpx.stream("GET", stream_url, cookies=cookies, timeout=10) as response:
-                lines = response.iter_lines()
-                read_tokens(lines, 2)
-                client = Client()
-                client.force_login(user)
-                stopped = client.post(reverse("message_stop", args=[message.pk]), headers={"HX-Request": "true"})
-                assert stopped.status_code == 204
-                rest = "\n".join(lines)
-            assert record.finished.wait(10)
+    with streaming_through_uvicorn(settings, user, message) as (_, lines, record):
+        read_tokens(lines, 2)
+        client = Client()
+        client.force_login(user)
+        stopped = client.post(reverse("message_stop", args=[message.pk]), headers={"HX-Request": "true"})
+        assert stopped.status_code == 204
+        rest = "\n".join(lines)
     assert "event: done" in rest
     assert "Stopped at your request." in rest
     message.refresh_from_db()
