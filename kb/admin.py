@@ -93,6 +93,7 @@ class MessageInline(admin.StackedInline):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
+
     readonly_fields = ["question", "answer", "status", "error", "sources", "created_at", "finished_at"]
 
 

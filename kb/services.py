@@ -74,9 +74,7 @@ def collection_create(*, user, name: str, description: str = "", open_to_all: bo
         raise ValidationError("A collection needs a name.")
     if Collection.objects.filter(name__iexact=name).exists():
         raise ValidationError(f"A collection named {name!r} already exists.")
-    collection = Collection.objects.create(
-        name=name, description=description, created_by=user, open_to_all=open_to_all
-    )
+    collection = Collection.objects.create(name=name, description=description, created_by=user, open_to_all=open_to_all)
     if user is not None and user.is_authenticated:
         CollectionGrant.objects.create(collection=collection, user=user, role=Role.OWNER)
     audit_record(actor=user, action="collection.create", collection=collection, target=name)
@@ -119,9 +117,7 @@ def collection_delete(*, actor, collection: Collection) -> None:
 
 
 @transaction.atomic
-def collection_grant(
-    *, collection: Collection, role: Role | str, user=None, group=None, actor=None
-) -> CollectionGrant:
+def collection_grant(*, collection: Collection, role: Role | str, user=None, group=None, actor=None) -> CollectionGrant:
     """Give a user or a group a role on a collection (replacing their previous role).
 
     With an `actor`, it must be allowed to manage the collection's access.

@@ -1,13 +1,15 @@
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.conf import settings
 from django.urls import include, path
 
 from kb.views import account, ask, collections, pages
 
 urlpatterns = [
     path("", pages.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(extra_context={"oidc_enabled": settings.KB_OIDC_ENABLED}), name="login"),
+    path(
+        "login/", auth_views.LoginView.as_view(extra_context={"oidc_enabled": settings.KB_OIDC_ENABLED}), name="login"
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("collections/new/", pages.collection_create, name="collection_create"),
     path("collections/<int:pk>/", pages.collection_detail, name="collection_detail"),

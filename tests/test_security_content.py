@@ -110,7 +110,9 @@ def test_pages_carry_a_strict_content_security_policy(client, hostile):
     client.force_login(hostile["reader"])
     response = client.get(reverse("home"))
     csp = dict(
-        (part.strip().split(" ", 1) + [""])[:2] for part in response["Content-Security-Policy"].split(";") if part.strip()
+        (part.strip().split(" ", 1) + [""])[:2]
+        for part in response["Content-Security-Policy"].split(";")
+        if part.strip()
     )
     assert csp["script-src"] == "'self'" and csp["style-src"] == "'self'" and csp["default-src"] == "'self'"
     assert csp["frame-ancestors"] == "'none'" and csp["object-src"] == "'none'"

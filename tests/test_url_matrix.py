@@ -7,7 +7,6 @@ What a user may not read is 404 (never 403), for pages, partials, streams and th
 
 from __future__ import annotations
 
-
 import pytest
 from django.contrib import admin
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -103,9 +102,7 @@ def world():
     users["staff"].is_staff = True
     users["staff"].save()
     group = make_group("readers", users["group_viewer"])
-    collection = make_collection(
-        "ops", owner=users["owner"], viewer=[users["viewer"]], editor=[users["editor"]]
-    )
+    collection = make_collection("ops", owner=users["owner"], viewer=[users["viewer"]], editor=[users["editor"]])
     services.collection_grant(collection=collection, group=group, role=Role.VIEWER)
     document = add_document(collection, "backups.md", BACKUPS)
     conversation = Conversation.objects.create(user=users["viewer"], title="backups")
@@ -158,7 +155,7 @@ def test_url_matrix(client, world, name):
 
 def _admin_urls() -> list[str]:
     urls = [reverse("admin:index")]
-    for model, model_admin in admin.site._registry.items():
+    for model in admin.site._registry:
         if model._meta.app_label != "kb" or model.__name__ == "Conversation":
             continue  # Django's own user and group admins keep Django's per-model permissions
         urls.append(reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist"))
@@ -185,5 +182,3 @@ def test_no_route_answers_403_for_hidden_objects(client, world):
         missing = client.get(reverse(name, args=[obj.pk + 10_000]))
         assert real.status_code == missing.status_code == 404
         assert real.content == missing.content
-
-

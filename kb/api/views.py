@@ -57,8 +57,21 @@ def _message_json(user, message: Message) -> dict:
         "status": message.status,
         "error": message.error,
         "sources": [
-            {k: s.get(k) for k in ("n", "document_id", "chunk_id", "collection_id", "title", "source", "heading",
-                                   "page", "score", "text")}
+            {
+                k: s.get(k)
+                for k in (
+                    "n",
+                    "document_id",
+                    "chunk_id",
+                    "collection_id",
+                    "title",
+                    "source",
+                    "heading",
+                    "page",
+                    "score",
+                    "text",
+                )
+            }
             for s in sources
         ],  # fmt: skip
     }
@@ -171,9 +184,7 @@ async def ask(request: HttpRequest) -> HttpResponse:
     except Http404 as exc:
         return _error(str(exc) or "Not found.", status=404)
     sources = await sync_to_async(selectors.message_sources)(user=user, message=message)
-    claimed = message.status == Message.Status.PENDING and await sync_to_async(services.message_claim)(
-        message=message
-    )
+    claimed = message.status == Message.Status.PENDING and await sync_to_async(services.message_claim)(message=message)
 
     if not parsed["stream"]:
         if claimed:

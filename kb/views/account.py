@@ -36,7 +36,11 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_error("name", exc)
         else:
-            return _tokens_page(request, TokenForm(), new_token=raw, )
+            return _tokens_page(
+                request,
+                TokenForm(),
+                new_token=raw,
+            )
     return _tokens_page(request, form, status=400)
 
 

@@ -22,8 +22,11 @@ def _access_context(request: HttpRequest, collection, *, settings_form=None, gra
         "access_lines": access.collection_access(collection),
         "settings_form": settings_form
         or CollectionSettingsForm(
-            initial={"name": collection.name, "description": collection.description,
-                     "open_to_all": collection.open_to_all}
+            initial={
+                "name": collection.name,
+                "description": collection.description,
+                "open_to_all": collection.open_to_all,
+            }
         ),  # fmt: skip
         "grant_form": grant_form or GrantForm(),
     }
