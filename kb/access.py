@@ -2,10 +2,13 @@
 
 Roles rank viewer < editor < owner; a user's role on a collection is the highest of
 their direct grant and the grants of their groups. Superusers and staff administer
-everything. Anonymous users may read nothing.
+everything. A collection marked open to all is readable (as a viewer) by every signed-in,
+active user. Anonymous and inactive users may read nothing.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from django.db.models import Q, QuerySet
 
@@ -27,7 +30,10 @@ def collection_ids_with_role(user, minimum: Role) -> QuerySet:
     if _is_admin(user):
         return Collection.objects.values("pk")
     roles = [role for role, rank in ROLE_RANK.items() if rank >= ROLE_RANK[minimum]]
-    return _grants_of(user).filter(role__in=roles).values("collection_id")
+    granted = _grants_of(user).filter(role__in=roles).values("collection_id")
+    if ROLE_RANK[Role(minimum)] > ROLE_RANK[Role.VIEWER]:
+        return granted
+    return Collection.objects.filter(Q(pk__in=granted) | Q(open_to_all=True)).values("pk")
 
 
 def readable_collection_ids(user) -> QuerySet:
@@ -40,8 +46,10 @@ def role_for(user, collection: Collection) -> Role | None:
         return None
     if _is_admin(user):
         return Role.OWNER
-    roles = _grants_of(user).filter(collection=collection).values_list("role", flat=True)
-    return max((Role(r) for r in roles), key=ROLE_RANK.__getitem__, default=None)
+    roles = [Role(r) for r in _grants_of(user).filter(collection=collection).values_list("role", flat=True)]
+    if collection.open_to_all:
+        roles.append(Role.VIEWER)
+    return max(roles, key=ROLE_RANK.__getitem__, default=None)
 
 
 def can_read(user, collection: Collection) -> bool:
@@ -59,6 +67,56 @@ def can_manage(user, collection: Collection) -> bool:
 
 def can_create_collection(user) -> bool:
     return _is_admin(user)
+
+
+def can_view_audit(user) -> bool:
+    return _is_admin(user)
+
+
+def can_use_admin_pages(user) -> bool:
+    """Staff see every collection's access page; owners see their own (checked per collection)."""
+    return _is_admin(user)
+
+
+@dataclass
+class AccessLine:
+    """One user's effective role on a collection, and every reason they hold it."""
+
+    user: object
+    role: Role
+    reasons: list[str] = field(default_factory=list)
+
+
+def collection_access(collection: Collection) -> list[AccessLine]:
+    """Who can reach a collection and why: direct grants, groups, staff; best role first.
+
+    Everyone else's access when the collection is open to all is stated by the caller
+    (it is not a list of people).
+    """
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()  # noqa: N806
+    lines: dict[int, AccessLine] = {}
+
+    def add(user, role: Role, reason: str) -> None:
+        line = lines.setdefault(user.pk, AccessLine(user=user, role=role))
+        if ROLE_RANK[role] > ROLE_RANK[line.role]:
+            line.role = role
+        line.reasons.append(reason)
+
+    grants = collection.grants.select_related("user", "group").order_by("pk")
+    for grant in grants:
+        role = Role(grant.role)
+        if grant.user_id:
+            if grant.user.is_active:
+                add(grant.user, role, f"direct grant: {role.label.lower()}")
+        else:
+            for member in grant.group.user_set.filter(is_active=True):
+                add(member, role, f"via group {grant.group.name}: {role.label.lower()}")
+    for admin in User.objects.filter(is_active=True).filter(Q(is_staff=True) | Q(is_superuser=True)):
+        if admin.username != SYSTEM_USERNAME:
+            add(admin, Role.OWNER, "site staff")
+    return sorted(lines.values(), key=lambda line: (-ROLE_RANK[line.role], line.user.get_username()))
 
 
 SYSTEM_USERNAME = "kb-system"

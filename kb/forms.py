@@ -44,3 +44,39 @@ class FeedbackForm(forms.Form):
         required=False,
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": "What was right or wrong? (optional)"}),
     )
+
+
+class CollectionSettingsForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    open_to_all = forms.BooleanField(required=False, label="Open to all signed-in users (as viewers)")
+
+
+class GrantForm(forms.Form):
+    """Add a user or a group (by name) with a role."""
+
+    principal = forms.CharField(max_length=150, label="User or group")
+    kind = forms.ChoiceField(choices=[("user", "User"), ("group", "Group")], initial="user")
+    role = forms.ChoiceField(choices=[("viewer", "Viewer"), ("editor", "Editor"), ("owner", "Owner")])
+
+    def clean(self):
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.models import Group
+
+        data = super().clean()
+        name = (data.get("principal") or "").strip()
+        if not name:
+            return data
+        if data.get("kind") == "group":
+            data["group"] = Group.objects.filter(name=name).first()
+            if data["group"] is None:
+                self.add_error("principal", f"No group named {name!r}.")
+        else:
+            data["user"] = get_user_model().objects.filter(username=name, is_active=True).first()
+            if data["user"] is None:
+                self.add_error("principal", f"No active user named {name!r}.")
+        return data
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100, label="Token name", help_text="What will use it, e.g. “nightly sync”.")

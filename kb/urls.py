@@ -1,12 +1,15 @@
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
-from kb.views import ask, pages
+from kb.views import account, ask, collections, pages
 
 urlpatterns = [
     path("", pages.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path(
+        "login/", auth_views.LoginView.as_view(extra_context={"oidc_enabled": settings.KB_OIDC_ENABLED}), name="login"
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("ask/", ask.ask, name="ask"),
     path("collections/new/", pages.collection_create, name="collection_create"),
@@ -24,4 +27,19 @@ urlpatterns = [
     path("messages/<int:pk>/regenerate/", ask.message_regenerate, name="message_regenerate"),
     path("messages/<int:pk>/feedback/", ask.message_feedback, name="message_feedback"),
     path("admin/", admin.site.urls),
+    # Access administration, account and the JSON API (issue 4)
+    path("collections/<int:pk>/access/", collections.collection_access, name="collection_access"),
+    path("collections/<int:pk>/settings/", collections.collection_settings, name="collection_settings"),
+    path("collections/<int:pk>/delete/", collections.collection_delete, name="collection_delete"),
+    path("collections/<int:pk>/grants/", collections.grant_add, name="grant_add"),
+    path("collections/<int:pk>/grants/<int:grant_pk>/delete/", collections.grant_remove, name="grant_remove"),
+    path("audit/", collections.audit_log, name="audit_log"),
+    path("account/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path("account/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path("account/tokens/", account.api_tokens, name="api_tokens"),
+    path("account/tokens/<int:pk>/revoke/", account.api_token_revoke, name="api_token_revoke"),
+    path("api/v1/", include("kb.api.urls")),
 ]
+
+if settings.KB_OIDC_ENABLED:
+    urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))

@@ -53,3 +53,6 @@ def add_document(collection: Collection, name: str, content: str, *, user=None, 
         services.document_process(document_id=outcome.document.pk)
     outcome.document.refresh_from_db()
     return outcome.document
+
+
+PASSWORD = "pw-for-tests-1"

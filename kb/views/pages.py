@@ -60,6 +60,7 @@ def _collection_context(request: HttpRequest, collection) -> dict:
         "pending": any(not d.is_finished for d in documents),
         "max_upload_mb": settings.KB_MAX_UPLOAD_MB,
         "can_edit": access.can_edit(request.user, collection),
+        "can_manage": access.can_manage(request.user, collection),
         "upload_form": UploadForm(),
         "ask_form": AskForm(),
         "conversations": selectors.conversation_list(user=request.user)[:20],

@@ -32,7 +32,7 @@ def load_questions(path: Path) -> list[dict]:
             item = jsonlib.loads(line)
             questions.append({"q": str(item["q"]), "expected": [str(e) for e in item.get("expected") or []]})
         except (ValueError, KeyError, TypeError) as exc:
-            raise CommandError(f"{path}:{n}: expected {{\"q\": ..., \"expected\": [...]}} ({exc}).") from None
+            raise CommandError(f'{path}:{n}: expected {{"q": ..., "expected": [...]}} ({exc}).') from None
     if not questions:
         raise CommandError(f"{path}: no questions.")
     return questions

@@ -1,0 +1,204 @@
+"""JSON endpoints over the same selectors and services as the pages.
+
+Objects the token's owner may not read are 404, as on the pages. Asking returns the
+answer as JSON, or with `"stream": true` as server-sent events: `token` events with
+pieces of text, then one `done` event with the whole message as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import aclosing
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.http import require_GET, require_POST
+
+from kb import access, answering, selectors, services
+from kb.api.auth import token_required
+from kb.llm import ModelServerError
+from kb.models import Message, Role
+
+
+def _error(message: str, status: int = 400) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def _collection_json(user, collection) -> dict:
+    return {
+        "id": collection.pk,
+        "name": collection.name,
+        "description": collection.description,
+        "role": access.role_for(user, collection),
+    }
+
+
+def _document_json(document) -> dict:
+    return {
+        "id": document.pk,
+        "collection": document.collection_id,
+        "title": document.title,
+        "source_path": document.source_path,
+        "status": document.status,
+        "chunks": document.chunk_count,
+        "error": document.error,
+    }
+
+
+def _message_json(user, message: Message) -> dict:
+    sources = selectors.message_sources(user=user, message=message)
+    return {
+        "conversation": message.conversation_id,
+        "message": message.pk,
+        "question": message.question,
+        "answer": message.answer,
+        "status": message.status,
+        "error": message.error,
+        "sources": [
+            {
+                k: s.get(k)
+                for k in (
+                    "n",
+                    "document_id",
+                    "chunk_id",
+                    "collection_id",
+                    "title",
+                    "source",
+                    "heading",
+                    "page",
+                    "score",
+                    "text",
+                )
+            }
+            for s in sources
+        ],  # fmt: skip
+    }
+
+
+@require_GET
+@token_required
+def collections(request: HttpRequest) -> JsonResponse:
+    user = request.user
+    return JsonResponse({"collections": [_collection_json(user, c) for c in selectors.collection_list(user=user)]})
+
+
+@require_POST
+@token_required
+def documents_upload(request: HttpRequest, pk: int) -> JsonResponse:
+    """Upload one or more files (multipart field `files`); 202 with each file's outcome."""
+    collection = selectors.collection_get(user=request.user, pk=pk, minimum=Role.EDITOR)
+    files = request.FILES.getlist("files") or request.FILES.getlist("file")
+    if not files:
+        return _error("Send the files as multipart form data in the field 'files'.")
+    results = []
+    for upload in files:
+        try:
+            outcome = services.document_upload(
+                user=request.user, collection=collection, file=upload, source_path=upload.name
+            )
+        except ValidationError as exc:
+            results.append({"source_path": upload.name, "outcome": "refused", "error": " ".join(exc.messages)})
+        else:
+            results.append({**_document_json(outcome.document), "outcome": outcome.outcome})
+    status = 202 if any(r["outcome"] != "refused" for r in results) else 400
+    return JsonResponse({"documents": results}, status=status)
+
+
+@require_GET
+@token_required
+def document_detail(request: HttpRequest, pk: int) -> JsonResponse:
+    return JsonResponse(_document_json(selectors.document_get(user=request.user, pk=pk)))
+
+
+def _parse_ask(request: HttpRequest) -> dict:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValidationError("The body must be JSON.") from None
+    if not isinstance(body, dict):
+        raise ValidationError("The body must be a JSON object.")
+    ids = body.get("collections", [])
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise ValidationError("'collections' must be a list of collection ids.")
+    conversation = body.get("conversation")
+    if conversation is not None and not isinstance(conversation, int):
+        raise ValidationError("'conversation' must be a conversation id.")
+    if not ids and conversation is None:
+        raise ValidationError("Name the collections to ask, or the conversation to continue.")
+    return {"question": str(body.get("question", "")), "ids": ids, "conversation": conversation,
+            "stream": bool(body.get("stream", False))}  # fmt: skip
+
+
+def _start(user, parsed: dict) -> Message:
+    """Scope and record the question, exactly as the pages do; 404 for any unreadable id."""
+    conversation = None
+    if parsed["conversation"] is not None:
+        conversation = selectors.conversation_get(user=user, pk=parsed["conversation"])
+        collections = list(selectors.conversation_collections(user=user, conversation=conversation))
+    else:
+        collections = [selectors.collection_get(user=user, pk=pk) for pk in parsed["ids"]]
+    message, _ = services.message_ask(
+        user=user, question=parsed["question"], collections=collections, conversation=conversation
+    )
+    return message
+
+
+async def _answer(message: Message, sources: list[dict]):
+    """Yield the answer's pieces, then store how it ended (also when the client goes away)."""
+    pieces: list[str] = []
+    status, error = Message.Status.COMPLETE, ""
+    try:
+        async with aclosing(answering.astream_answer(message.question, sources)) as stream:
+            async for piece in stream:
+                pieces.append(piece)
+                yield piece
+    except ModelServerError as exc:
+        status = Message.Status.INCOMPLETE if pieces else Message.Status.FAILED
+        error = str(exc)
+    except asyncio.CancelledError:
+        await sync_to_async(services.message_finish)(
+            message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE,
+            error="The answer was stopped before it finished.",
+        )  # fmt: skip
+        raise
+    await sync_to_async(services.message_finish)(message=message, answer="".join(pieces), status=status, error=error)
+
+
+def _sse(event: str, data: str) -> str:
+    return f"event: {event}\n" + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n"
+
+
+@token_required
+async def ask(request: HttpRequest) -> HttpResponse:
+    """POST {"question", "collections": [ids] | "conversation": id, "stream": bool}."""
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "POST"})
+    user = request.user
+    try:
+        parsed = _parse_ask(request)
+        message = await sync_to_async(_start)(user, parsed)
+    except ValidationError as exc:
+        return _error(" ".join(exc.messages))
+    except Http404 as exc:
+        return _error(str(exc) or "Not found.", status=404)
+    sources = await sync_to_async(selectors.message_sources)(user=user, message=message)
+    claimed = message.status == Message.Status.PENDING and await sync_to_async(services.message_claim)(message=message)
+
+    if not parsed["stream"]:
+        if claimed:
+            async for _ in _answer(message, sources):
+                pass
+        return JsonResponse(await sync_to_async(_message_json)(user, message))
+
+    async def events():
+        if claimed:
+            async for piece in _answer(message, sources):
+                yield _sse("token", json.dumps(piece))
+        yield _sse("done", json.dumps(await sync_to_async(_message_json)(user, message)))
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

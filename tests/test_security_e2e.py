@@ -1,0 +1,84 @@
+"""In real Chromium against uvicorn: an owner grants access in the browser, the grantee signs in,
+asks, and sees only the granted collection; hostile text never runs; tokens are shown once."""
+
+import re
+
+import pytest
+from django.contrib.auth.models import User
+from playwright.sync_api import expect
+
+from kb import services
+from kb.models import ApiToken
+from tests.factories import add_document
+from tests.test_e2e import PASSWORD, sign_in
+from tests.test_security_content import HOSTILE
+from tests.test_views import BACKUPS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def test_grant_in_the_browser_then_the_grantee_asks_and_sees_only_that_collection(page, web_server, model_server):
+    admin = User.objects.create_superuser("admin", password=PASSWORD)
+    User.objects.create_user("reader", password=PASSWORD)
+    handbook = services.collection_create(user=admin, name="Handbook")
+    finance = services.collection_create(user=admin, name="Finance")
+    add_document(handbook, "backups.md", BACKUPS)
+    add_document(handbook, "release.md", HOSTILE)
+    add_document(finance, "budget.md", "# Budget\n\nThe database backup budget is 40,000 euros, kept secret.\n")
+    base = web_server
+    dialogs, csp_errors = [], []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
+
+    # The owner grants the reader a viewer role on Handbook through the access page (htmx).
+    sign_in(page, base, "admin")
+    page.goto(f"{base}/collections/{handbook.pk}/access/")
+    page.fill("#id_principal", "reader")
+    page.select_option("#id_kind", "user")
+    page.select_option("#id_role", "viewer")
+    page.get_by_role("button", name="Add", exact=True).click()
+    expect(page.locator("#access table.grants")).to_contain_text("reader")
+    expect(page.locator("#access table.who-has-access")).to_contain_text("direct grant: viewer")
+
+    # The reader sees Handbook only, asks, and every source is from Handbook.
+    page.context.clear_cookies()
+    sign_in(page, base, "reader")
+    expect(page.locator("ul.cards")).to_contain_text("Handbook")
+    expect(page.locator("ul.cards")).not_to_contain_text("Finance")
+    page.goto(f"{base}/collections/{handbook.pk}/")
+    page.fill("textarea[name=question]", "What is the database backup budget?")
+    page.get_by_role("button", name="Ask", exact=True).click()
+    expect(page.locator("article.message .answer:not(.streaming)")).to_be_visible(timeout=120_000)
+    body = page.locator("body").inner_text()
+    assert "40,000" not in body and "Finance" not in body
+    for href in page.locator("article.message ol.sources a").evaluate_all("els => els.map(e => e.href)"):
+        response = page.request.get(href)
+        assert response.status == 200 and "budget.md" not in response.text()
+    assert page.goto(f"{base}/collections/{finance.pk}/").status == 404
+
+    # Hostile document text is shown, never run, live or in the citation viewer.
+    page.goto(f"{base}/collections/{handbook.pk}/")
+    page.fill("textarea[name=question]", "When do the release notes ship?")
+    page.get_by_role("button", name="Ask", exact=True).click()
+    expect(page.locator("article.message .answer:not(.streaming)")).to_be_visible(timeout=120_000)
+    release = handbook.documents.get(source_path="release.md")
+    page.goto(f"{base}/documents/{release.pk}/?chunk={release.chunks.first().pk}")
+    expect(page.locator(".passage-hit")).to_contain_text("<script>")
+    assert dialogs == [], dialogs
+
+    # A personal token is shown once, listed by its prefix afterwards, and revocable.
+    page.goto(f"{base}/account/tokens/")
+    page.fill("#id_name", "laptop")
+    page.get_by_role("button", name="Create token").click()
+    raw = page.locator("#new-token").inner_text()
+    assert re.fullmatch(r"kb_[\w-]{40,}", raw)
+    assert page.request.get(f"{base}/api/v1/collections/", headers={"Authorization": f"Bearer {raw}"}).json()[
+        "collections"
+    ] == [{"id": handbook.pk, "name": "Handbook", "description": "", "role": "viewer"}]
+    page.reload()
+    expect(page.locator("body")).not_to_contain_text(raw)
+    page.get_by_role("button", name="Revoke").click()
+    expect(page.locator("#tokens")).to_contain_text("revoked")
+    assert ApiToken.objects.get().revoked_at is not None
+    assert page.request.get(f"{base}/api/v1/collections/", headers={"Authorization": f"Bearer {raw}"}).status == 401
+    assert csp_errors == [], csp_errors

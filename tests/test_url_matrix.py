@@ -1,0 +1,196 @@
+"""Every URL pattern × every kind of user, with the status each must get.
+
+The table is checked against Django's URL resolver: a URL added without a row here fails
+`test_every_url_pattern_has_a_declared_expectation`, so no route ships without its check.
+What a user may not read is 404 (never 403), for pages, partials, streams and the API alike.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib import admin
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import transaction
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from kb import services
+from kb.models import Conversation, Message, Role
+from tests.factories import add_document, make_collection, make_group, make_user
+
+pytestmark = pytest.mark.django_db
+
+ROLES = ["anonymous", "no_grant", "viewer", "editor", "owner", "group_viewer", "staff"]
+
+
+def _row(anonymous, no_grant, viewer, editor, owner, group_viewer, staff) -> dict:
+    return dict(zip(ROLES, [anonymous, no_grant, viewer, editor, owner, group_viewer, staff], strict=True))
+
+
+PAGE = _row(302, 200, 200, 200, 200, 200, 200)  # any signed-in user
+READ = _row(302, 404, 200, 200, 200, 200, 200)  # readers of the collection
+READ_REDIRECT = _row(302, 404, 302, 302, 302, 302, 302)
+EDIT = _row(302, 404, 404, 302, 302, 404, 302)  # editors and up
+MANAGE_GET = _row(302, 404, 404, 404, 200, 404, 200)  # owners and staff
+MANAGE = _row(302, 404, 404, 404, 302, 404, 302)
+MINE_GET = _row(302, 404, 200, 404, 404, 404, 404)  # the viewer's own conversation, no one else's
+MINE = _row(302, 404, 302, 404, 404, 404, 404)
+STAFF_ONLY = _row(302, 404, 404, 404, 404, 404, 200)
+
+# name: (method, args from the world, request body, expected status per role)
+EXPECTED = {
+    "home": ("get", [], None, PAGE),
+    "login": ("get", [], None, _row(200, 200, 200, 200, 200, 200, 200)),
+    "logout": ("post", [], {}, _row(302, 302, 302, 302, 302, 302, 302)),
+    "collection_create": ("post", [], {"name": "brand new"}, STAFF_ONLY | {"staff": 302}),
+    "collection_detail": ("get", ["collection"], None, READ),
+    "document_upload": ("post", ["collection"], "file", EDIT),
+    "collection_ask": ("post", ["collection"], {"question": "When does the backup run?"}, READ_REDIRECT),
+    "document_detail": ("get", ["document"], None, READ),
+    "document_download": ("get", ["document"], None, READ),
+    "document_delete": ("post", ["document"], {}, EDIT),
+    "chunk_detail": ("get", ["chunk"], None, READ_REDIRECT),
+    "conversation_detail": ("get", ["conversation"], None, MINE_GET),
+    "conversation_ask": ("post", ["conversation"], {"question": "And the restore?"}, MINE),
+    # The stream is 404 even for anonymous users: an EventSource cannot follow a login redirect.
+    "message_stream": ("get", ["message"], None, MINE_GET | {"anonymous": 404}),
+    "message_stop": ("post", ["message"], {}, MINE),
+    "message_regenerate": ("post", ["message"], {}, MINE),
+    "message_feedback": ("post", ["message"], {"rating": "1", "comment": "clear"}, MINE),
+    # Asking from the home page searches only what the asker may read, so anyone signed in may ask.
+    "ask": ("post", [], {"question": "When does the backup run?"}, _row(302, 302, 302, 302, 302, 302, 302)),
+    "collection_access": ("get", ["collection"], None, MANAGE_GET),
+    "collection_settings": ("post", ["collection"], {"name": "renamed", "description": ""}, MANAGE),
+    "collection_delete": ("post", ["collection"], {}, MANAGE),
+    "grant_add": ("post", ["collection"], {"principal": "no_grant", "kind": "user", "role": "viewer"}, MANAGE),
+    "grant_remove": ("post", ["collection", "grant"], {}, MANAGE),
+    "audit_log": ("get", [], None, STAFF_ONLY),
+    "password_change": ("get", [], None, PAGE),
+    "password_change_done": ("get", [], None, PAGE),
+    "api_tokens": ("get", [], None, PAGE),
+    "api_token_revoke": ("post", ["token"], {}, MINE),
+    # The JSON API authenticates by bearer token only: no token is 401, not a login redirect.
+    "api_collections": ("api-get", [], None, _row(401, 200, 200, 200, 200, 200, 200)),
+    "api_documents_upload": ("api-post", ["collection"], "file", _row(401, 404, 404, 202, 202, 404, 202)),
+    "api_document_detail": ("api-get", ["document"], None, _row(401, 404, 200, 200, 200, 200, 200)),
+    "api_ask": ("api-json", [], "ask", _row(401, 404, 200, 200, 200, 200, 200)),
+}
+# Django's admin is one rule for all its pages: staff only, everyone else to its sign-in.
+ADMIN = _row(302, 302, 302, 302, 302, 302, 200)
+
+
+def _names(patterns, prefix: str = "") -> set[str]:
+    names = set()
+    for p in patterns:
+        if isinstance(p, URLResolver):
+            if p.namespace == "admin":
+                names.add("admin:*")
+            else:
+                names |= _names(p.url_patterns, prefix + (f"{p.namespace}:" if p.namespace else ""))
+        elif isinstance(p, URLPattern):
+            names.add(prefix + p.name if p.name else f"<unnamed {p.pattern}>")
+    return names
+
+
+def test_every_url_pattern_has_a_declared_expectation():
+    declared = set(EXPECTED) | {"admin:*"}
+    routes = _names(get_resolver().url_patterns)
+    assert routes - declared == set(), "URLs without a declared access expectation: add them to EXPECTED"
+    assert declared - routes == set(), "expectations for URLs that no longer exist"
+
+
+BACKUPS = "# Backups\n\nThe database backup runs nightly at 02:00.\n\n## Restore\n\nRun the restore script.\n"
+
+
+@pytest.fixture
+def world():
+    users = {role: make_user(role) for role in ROLES[1:]}
+    users["staff"].is_staff = True
+    users["staff"].save()
+    group = make_group("readers", users["group_viewer"])
+    collection = make_collection("ops", owner=users["owner"], viewer=[users["viewer"]], editor=[users["editor"]])
+    services.collection_grant(collection=collection, group=group, role=Role.VIEWER)
+    document = add_document(collection, "backups.md", BACKUPS)
+    conversation = Conversation.objects.create(user=users["viewer"], title="backups")
+    conversation.collections.set([collection])
+    message = Message.objects.create(
+        conversation=conversation, question="When?", answer="At 02:00.", status=Message.Status.COMPLETE
+    )
+    token, _ = services.api_token_create(user=users["viewer"], name="matrix")
+    raw_tokens = {role: services.api_token_create(user=u, name="t")[1] for role, u in users.items()}
+    objects = {
+        "collection": collection, "document": document, "chunk": document.chunks.first(),
+        "conversation": conversation, "message": message, "token": token,
+        "grant": collection.grants.get(user=users["viewer"]),
+    }  # fmt: skip
+    return {"users": users, "objects": objects, "tokens": raw_tokens, "collection": collection}
+
+
+def _request(client, method: str, url: str, body, world, role: str):
+    headers = {}
+    if method.startswith("api"):
+        if role != "anonymous":
+            headers["Authorization"] = f"Bearer {world['tokens'][role]}"
+    elif role != "anonymous":
+        client.force_login(world["users"][role])
+    if body == "file":
+        body = {"files": [SimpleUploadedFile("new.md", b"# New\n\nfresh text for the matrix\n")]}
+    if method in ("get", "api-get"):
+        return client.get(url, headers=headers)
+    if method == "api-json":
+        payload = {"question": "When does the backup run?", "collections": [world["collection"].pk], "stream": True}
+        return client.post(url, payload, content_type="application/json", headers=headers)
+    return client.post(url, body or {}, headers=headers)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_url_matrix(client, world, name):
+    method, args, body, expected = EXPECTED[name]
+    url = reverse(name, args=[world["objects"][a].pk for a in args])
+    got = {}
+    for role in ROLES:
+        with transaction.atomic():  # each role starts from the same world
+            client.logout()
+            response = _request(client, method, url, body, world, role)
+            got[role] = response.status_code
+            if role == "anonymous" and response.status_code == 302:
+                assert response["Location"].startswith(reverse("login")), (name, response["Location"])
+            transaction.set_rollback(True)
+    assert got == expected, f"{name}: got {got}"
+
+
+def _admin_urls() -> list[str]:
+    urls = [reverse("admin:index")]
+    for model in admin.site._registry:
+        if model._meta.app_label != "kb" or model.__name__ == "Conversation":
+            continue  # Django's own user and group admins keep Django's per-model permissions
+        urls.append(reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist"))
+    return urls
+
+
+def test_admin_pages_are_for_staff_only(client, world):
+    for url in _admin_urls():
+        got = {}
+        for role in ROLES:
+            client.logout()
+            if role != "anonymous":
+                client.force_login(world["users"][role])
+            got[role] = client.get(url).status_code
+        assert got == ADMIN, f"{url}: got {got}"
+
+
+def _unmasked(html: bytes) -> str:
+    """The page less its CSRF token, which Django masks differently on every response."""
+    return re.sub(r'("x-csrftoken": "|name="csrfmiddlewaretoken" value=")[^"]+', r"\1", html.decode())
+
+
+def test_no_route_answers_403_for_hidden_objects(client, world):
+    """A stranger probing ids that exist and ids that do not gets the same answer."""
+    client.force_login(world["users"]["no_grant"])
+    for name in ("collection_detail", "document_detail", "document_download", "collection_access"):
+        obj = world["objects"]["collection" if name.startswith("collection") else "document"]
+        real = client.get(reverse(name, args=[obj.pk]))
+        missing = client.get(reverse(name, args=[obj.pk + 10_000]))
+        assert real.status_code == missing.status_code == 404
+        assert _unmasked(real.content) == _unmasked(missing.content)
