@@ -104,6 +104,12 @@ class ConversationAdmin(StaffAdmin):
     list_display = ["__str__", "user", "updated_at"]
     inlines = [MessageInline]
 
+    def has_view_permission(self, request, obj=None) -> bool:
+        # Conversations are private; only superusers read them here.
+        return request.user.is_active and request.user.is_superuser
+
+    has_module_permission = has_change_permission = has_delete_permission = has_view_permission
+
 
 @admin.register(Feedback)
 class FeedbackAdmin(StaffAdmin):
@@ -120,12 +126,6 @@ class FeedbackAdmin(StaffAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
-
-    def has_view_permission(self, request, obj=None) -> bool:
-        # Conversations are private; only superusers read them here.
-        return request.user.is_active and request.user.is_superuser
-
-    has_module_permission = has_change_permission = has_delete_permission = has_view_permission
 
 
 @admin.register(ApiToken)
