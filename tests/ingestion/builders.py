@@ -68,7 +68,7 @@ def write_pdf(
     parents: list = []
     for name, page, depth in outline or []:
         parent = parents[depth - 1] if depth > 0 else None
-        item = writer.add_outline_item(name, page, parent=parent)
+        item = writer.add_outline_item(title=name, page_number=page, parent=parent)
         parents = parents[:depth] + [item]
     if user_password is not None or owner_password is not None:
         writer.encrypt(user_password=user_password or "", owner_password=owner_password, algorithm="AES-128")
