@@ -168,14 +168,18 @@ def keyword_leg(chunks, text: str, limit: int) -> list[tuple[int, float]]:
     if not lexemes:
         return []
     total = chunks.count()
-    weighted: list[tuple[str, float]] = []
+    # Counting stops past the cut-off, so a very common word costs no more than a rare one.
+    cap = int(settings.KB_KEYWORD_MAX_DF * total) + 1
+    found: list[tuple[str, int]] = []
     for lexeme in lexemes:
-        df = chunks.filter(Matches(F("search_vector"), LexemeQuery(lexeme))).count()
-        if df == 0 or (df > settings.KB_KEYWORD_MAX_DF * total and len(lexemes) > 1):
-            continue
-        weighted.append((lexeme, math.log(1 + (total - df + 0.5) / (df + 0.5))))
-    if not weighted:
+        df = chunks.filter(Matches(F("search_vector"), LexemeQuery(lexeme))).values("pk")[:cap].count()
+        if df:
+            found.append((lexeme, df))
+    if not found:
         return []
+    # Common words go only when a rarer one is left to match on.
+    found = [(lexeme, df) for lexeme, df in found if df < cap] or found
+    weighted = [(lexeme, math.log(1 + (total - df + 0.5) / (df + 0.5))) for lexeme, df in found]
     query = AnyLexemeQuery([lexeme for lexeme, _ in weighted])
     weights = Value(settings.KB_FTS_WEIGHTS)
     score = sum(

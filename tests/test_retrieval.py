@@ -234,3 +234,25 @@ def test_budget_cuts_the_first_source_at_a_sentence():
     kept = answering.fit_to_budget([_source(1, text)], budget_tokens=50)
     assert len(kept) == 1 and len(kept[0]["text"]) <= 200 + 2
     assert kept[0]["text"].endswith("here. …")
+
+
+# --- the keyword leg ----------------------------------------------------------------------
+
+
+def test_keyword_leg_ranks_a_rare_word_above_a_common_one():
+    reader = make_user()
+    collection = make_collection(viewer=[reader])
+    for i in range(6):
+        add_document(collection, f"backup{i}.md", f"# Note {i}\n\nThe backup ran. The backup was checked. Backup {i}.")
+    add_document(collection, "zebra.md", "# Animals\n\nA zebra was seen near the backup office.")
+    hits = retrieval.search(user=reader, query="backup zebra", mode="keyword", top_k=3).hits
+    assert hits[0].chunk.document.source_path == "zebra.md"
+
+
+def test_keyword_leg_prefers_the_section_whose_heading_holds_the_word():
+    reader = make_user()
+    collection = make_collection(viewer=[reader])
+    add_document(collection, "a.md", "# Misc\n\n## Other\n\nWe talked about rotation of the logs once, briefly.")
+    add_document(collection, "b.md", "# Logs\n\n## Rotation\n\nOld files are compressed every week by the job.")
+    hits = retrieval.search(user=reader, query="log rotation", mode="keyword", top_k=2).hits
+    assert hits[0].chunk.document.source_path == "b.md"
