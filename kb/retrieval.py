@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -93,10 +95,29 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+@contextmanager
+def _torch_threads(n: int):
+    """Run the block with torch limited to `n` threads (when the local model is loaded)."""
+    torch = sys.modules.get("torch")
+    if torch is None or n <= 0:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def embed_query(text: str) -> list[float]:
     from ingestion.pipeline import embed_texts
 
-    return embed_texts([text])[0]
+    # One short text gains nothing from several threads, and on a busy machine their
+    # hand-offs cost 5-10 times the work itself (measured: 40 ms on one thread, 200-700 ms
+    # on two, with the cores shared); KB_QUERY_EMBED_THREADS sets it.
+    with _torch_threads(settings.KB_QUERY_EMBED_THREADS):
+        return embed_texts([text])[0]
 
 
 def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]]:

@@ -151,6 +151,8 @@ KB_FTS_CONFIG = env.str("KB_FTS_CONFIG", default="english")
 KB_FTS_WEIGHTS = env.str("KB_FTS_WEIGHTS", default="{0.1, 0.2, 0.4, 1.0}")
 # Query words found in more than this share of the searched chunks are left out of the keyword leg.
 KB_KEYWORD_MAX_DF = env.float("KB_KEYWORD_MAX_DF", default=0.5)
+# Threads the local embedding model uses for a question (0: torch's default, all cores).
+KB_QUERY_EMBED_THREADS = env.int("KB_QUERY_EMBED_THREADS", default=1)
 # Below this cosine similarity of the closest chunk, kb answers that it found nothing
 # relevant and does not call the model (0 turns the check off).
 KB_MIN_SIMILARITY = env.float("KB_MIN_SIMILARITY", default=0.25)

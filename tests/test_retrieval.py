@@ -256,3 +256,15 @@ def test_keyword_leg_prefers_the_section_whose_heading_holds_the_word():
     add_document(collection, "b.md", "# Logs\n\n## Rotation\n\nOld files are compressed every week by the job.")
     hits = retrieval.search(user=reader, query="log rotation", mode="keyword", top_k=2).hits
     assert hits[0].chunk.document.source_path == "b.md"
+
+
+def test_question_embedding_on_one_thread_matches_and_restores_the_thread_count(settings):
+    import torch
+
+    from ingestion.pipeline import embed_texts
+
+    settings.KB_QUERY_EMBED_THREADS = 1
+    before = torch.get_num_threads()
+    vector = retrieval.embed_query("how do I restore a backup")
+    assert torch.get_num_threads() == before
+    assert vector == pytest.approx(embed_texts(["how do I restore a backup"])[0], abs=1e-5)
