@@ -43,18 +43,17 @@ def main() -> None:
         vector = retrieval.embed_query(item["q"])
         legs.append((retrieval.dense_leg(chunks, vector, max_candidates),
                      retrieval.keyword_leg(chunks, item["q"], max_candidates)))  # fmt: skip
-    by_pk = chunks.select_related("document").in_bulk(
-        {pk for dense, keyword in legs for pk, _ in dense + keyword}
-    )
+    by_pk = chunks.select_related("document").in_bulk({pk for dense, keyword in legs for pk, _ in dense + keyword})
     k = args.k
     print(f"{len(items)} answerable questions, k={k}")
     print(f"{'rrf_k':>5} {'w_dense':>7} {'w_kw':>5} {'cand':>4}  {'hit@1':>6} {f'hit@{k}':>6} {f'MRR@{k}':>6}")
     for rrf_k, w_dense, w_kw, cand in itertools.product((5, 20, 60, 120), (1.0,), (0.5, 0.75, 1.0, 1.5), (20, 40, 80)):
         ranks = []
-        for item, (dense, keyword) in zip(items, legs):
+        for item, (dense, keyword) in zip(items, legs, strict=True):
             fused = retrieval.fuse(dense[:cand], keyword[:cand], k=rrf_k, dense_weight=w_dense, keyword_weight=w_kw)
             similarity = dict(dense)
-            hits = [retrieval.Hit(chunk=by_pk[pk], score=s, dense_rank=dr, keyword_rank=kr, similarity=similarity.get(pk))
+            hits = [retrieval.Hit(chunk=by_pk[pk], score=s, dense_rank=dr, keyword_rank=kr,
+                                  similarity=similarity.get(pk))
                     for pk, s, dr, kr in fused[: k * 3]]  # fmt: skip
             hits = retrieval.refine(hits, top_k=k)
             wanted = set(item["expected"])

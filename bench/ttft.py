@@ -179,7 +179,8 @@ def main() -> None:
     web_cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", web_url.rsplit(":", 1)[1]]
     settings.TGI_URL = llm_url
     relay = TimingRelay(int(llm_url.rsplit(":", 1)[1]))
-    web_env = _server_env({"TGI_URL": f"http://127.0.0.1:{relay.port}", "KB_DB_NAME": settings.DATABASES["default"]["NAME"],
+    web_env = _server_env({"TGI_URL": f"http://127.0.0.1:{relay.port}",
+                           "KB_DB_NAME": settings.DATABASES["default"]["NAME"],
                            "KB_MEDIA_ROOT": str(settings.MEDIA_ROOT)})  # fmt: skip
     rows = []
     with running("bench-llm", llm_cmd, ready=answers(f"{llm_url}/v1/models"), env=llm_env, timeout=120), \
@@ -201,14 +202,16 @@ def main() -> None:
                 seen = relay.requests[-1]
                 model = (seen["first"] - seen["start"]) * 1000
                 row = {"q": question, "browser_ms": browser, "model_ms": model, "overhead_ms": browser - model,
-                       "post_ms": phases["post"], "prompt_chars": sum(len(s["text"]) for s in message.sources)}  # fmt: skip
+                       "post_ms": phases["post"],
+                       "prompt_chars": sum(len(s["text"]) for s in message.sources)}  # fmt: skip
                 if args.direct:
                     flush(llm_url)
                     row["direct_model_ms"] = model_ttft_ms(question, message.sources)
                 rows.append(row)
                 print(f"{n:>2} browser {browser:7.0f} ms  model {model:7.0f} ms  overhead {browser - model:6.0f} ms  "
                       f"(POST incl. retrieval {phases['post']:5.0f} ms)"
-                      + (f"  direct model {row['direct_model_ms']:7.0f} ms" if args.direct else ""), flush=True)  # fmt: skip
+                      + (f"  direct model {row['direct_model_ms']:7.0f} ms" if args.direct else ""),
+                      flush=True)  # fmt: skip
     overhead = [r["overhead_ms"] for r in rows]
     browser = [r["browser_ms"] for r in rows]
     model = [r["model_ms"] for r in rows]

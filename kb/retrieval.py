@@ -6,6 +6,7 @@ anything is ranked, and nothing the user may not read can reach a prompt or a so
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import sys
@@ -15,30 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.contrib.postgres.search import SearchQueryField, SearchRank
+from django.contrib.postgres.search import SearchQueryField
 from django.db import connection, transaction
 from django.db.models import BooleanField, F, FloatField, Func, Value
 from pgvector.django import CosineDistance
 
 from kb.models import Chunk
-
-
-class AnyTermQuery(Func):
-    """A tsquery that matches any of the question's stemmed, non-stop words.
-
-    websearch_to_tsquery ANDs every word, so a natural question ("how do I schedule
-    the nightly backup?") would only match chunks holding all of them; OR-ing the
-    lexemes and ranking by cover density lets the rank, not the match, decide.
-    """
-
-    output_field = SearchQueryField()
-    template = (
-        "to_tsquery('simple', array_to_string(ARRAY(SELECT quote_literal(l) FROM "
-        "unnest(tsvector_to_array(to_tsvector(%(config)s::regconfig, %(expressions)s))) AS l), ' | '))"
-    )
-
-    def __init__(self, text: str, config: str):
-        super().__init__(Value(text.replace("\\", " ")), config=f"'{config}'")
 
 
 class Matches(Func):
@@ -204,7 +187,10 @@ def keyword_leg(chunks, text: str, limit: int) -> list[tuple[int, float]]:
     query = AnyLexemeQuery([lexeme for lexeme, _ in weighted])
     weights = Value(settings.KB_FTS_WEIGHTS)
     score = sum(
-        (Value(idf) * RankCD(weights, F("search_vector"), LexemeQuery(lexeme), Value(1 | 32)) for lexeme, idf in weighted),
+        (
+            Value(idf) * RankCD(weights, F("search_vector"), LexemeQuery(lexeme), Value(1 | 32))
+            for lexeme, idf in weighted
+        ),
         start=Value(0.0),
     )
     return list(
@@ -266,7 +252,7 @@ def merge_adjacent(hits: list[Hit]) -> list[Hit]:
             if len(group) > 1:
                 chunks = [c for h in group for c in h.chunks]
                 text = chunks[0].text
-                for previous, following in zip(chunks, chunks[1:]):
+                for previous, following in itertools.pairwise(chunks):
                     text = _join(previous, following, text)
                 best = Hit(
                     chunk=chunks[0], score=best.score, dense_rank=best.dense_rank, keyword_rank=best.keyword_rank,

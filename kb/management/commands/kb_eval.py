@@ -32,7 +32,7 @@ def load_questions(path: Path) -> list[dict]:
             item = jsonlib.loads(line)
             questions.append({"q": str(item["q"]), "expected": [str(e) for e in item.get("expected") or []]})
         except (ValueError, KeyError, TypeError) as exc:
-            raise CommandError(f"{path}:{n}: expected {{\"q\": ..., \"expected\": [...]}} ({exc}).") from None
+            raise CommandError(f'{path}:{n}: expected {{"q": ..., "expected": [...]}} ({exc}).') from None
     if not questions:
         raise CommandError(f"{path}: no questions.")
     return questions
@@ -147,7 +147,8 @@ class Command(BaseCommand):
             lat = m["latency_ms"]["total_ms"]
             self.stdout.write(
                 f"{mode:<8} {m['hit@1']:>6.3f} {m[f'hit@{k}']:>6.3f} {m[f'mrr@{k}']:>6.3f}  "
-                f"{m['refused_unanswerable']:>4}/{m['unanswerable']:<4}  {m['refused_answerable']:>10}/{m['answerable']:<4}  "
+                f"{m['refused_unanswerable']:>4}/{m['unanswerable']:<4}  "
+                f"{m['refused_answerable']:>10}/{m['answerable']:<4}  "
                 f"{lat['p50']:>7.1f} {lat['p95']:>7.1f}"
             )
         self.stdout.write("\nRetrieval latency per stage, ms (p50 / p95):")
