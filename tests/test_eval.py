@@ -61,7 +61,7 @@ def test_eval_counts_a_miss_when_the_expected_source_is_not_retrieved(questions,
 
 def test_eval_prints_a_table_with_latency_per_stage(questions):
     text = run_eval(str(questions), "--collection", "handbook")
-    for label in ("dense", "keyword", "hybrid", "hit@1", "hit@5", "MRR@5", "embed", "fuse"):
+    for label in ("dense", "keyword", "hybrid", "hit@1", "hit@5", "MRR@5", "embed", "fuse", "KB_MIN_SIMILARITY"):
         assert label in text
 
 

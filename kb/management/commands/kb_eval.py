@@ -77,7 +77,7 @@ def evaluate(*, user, questions: list[dict], collection_ids: list[int], k: int, 
                 refused_unanswerable += not result.relevant
             if mode == "hybrid":
                 report["per_question"].append({
-                    "q": item["q"], "rank": rank, "relevant": result.relevant,
+                    "q": item["q"], "expected": item["expected"], "rank": rank, "relevant": result.relevant,
                     "best_similarity": result.best_similarity,
                     "top": [h.chunk.document.source_path for h in result.hits],
                 })  # fmt: skip
@@ -151,8 +151,24 @@ class Command(BaseCommand):
                 f"{m['refused_answerable']:>10}/{m['answerable']:<4}  "
                 f"{lat['p50']:>7.1f} {lat['p95']:>7.1f}"
             )
+        self._print_calibration(report)
         self.stdout.write("\nRetrieval latency per stage, ms (p50 / p95):")
         for mode, m in report["modes"].items():
             parts = [f"{stage[:-3]} {m['latency_ms'][stage]['p50']:.1f} / {m['latency_ms'][stage]['p95']:.1f}"
                      for stage in STAGES]  # fmt: skip
             self.stdout.write(f"  {mode:<8} " + ", ".join(parts))
+
+    def _print_calibration(self, report: dict) -> None:
+        """What other KB_MIN_SIMILARITY values would refuse, from the hybrid run's closest similarities."""
+        rows = [q for q in report["per_question"] if q["best_similarity"] is not None]
+        if not rows:
+            return
+        answerable = [q["best_similarity"] for q in rows if q["expected"]]
+        unanswerable = [q["best_similarity"] for q in rows if not q["expected"]]
+        self.stdout.write("\nKB_MIN_SIMILARITY  refuses unanswerable  refuses answerable")
+        for step in range(1, 7):
+            t = 0.1 + step * 0.05  # 0.15 ... 0.40
+            self.stdout.write(
+                f"{t:>17.2f}  {sum(s < t for s in unanswerable):>9}/{len(unanswerable):<11}"
+                f"{sum(s < t for s in answerable):>9}/{len(answerable)}"
+            )
