@@ -136,14 +136,17 @@ def browser_ttft_ms(web: httpx.Client, collection_id: int, question: str) -> tup
                       headers={"Referer": str(web.base_url)}, follow_redirects=False)  # fmt: skip
     assert posted.status_code == 302, posted.status_code
     phases["post"] = (time.perf_counter() - started) * 1000
+    phases["t_post"] = time.perf_counter()
     page = web.get(posted.headers["location"])
     page.raise_for_status()
     phases["page"] = (time.perf_counter() - started) * 1000
+    phases["t_page"] = time.perf_counter()
     message_id = int(re.findall(r"/messages/(\d+)/stream/", page.text)[-1])
     with web.stream("GET", f"/messages/{message_id}/stream/", headers={"Accept": "text/event-stream"}) as stream:
         for line in stream.iter_lines():
             if line.startswith("event: "):
                 phases["first_event"] = (time.perf_counter() - started) * 1000
+                phases["t_first"] = time.perf_counter()
                 if line == "event: token":
                     return phases["first_event"], message_id, phases
                 if line == "event: done":
@@ -203,13 +206,18 @@ def main() -> None:
                 model = (seen["first"] - seen["start"]) * 1000
                 row = {"q": question, "browser_ms": browser, "model_ms": model, "overhead_ms": browser - model,
                        "post_ms": phases["post"],
+                       "page_ms": (phases["t_page"] - phases["t_post"]) * 1000,
+                       "stream_to_model_ms": (seen["start"] - phases["t_page"]) * 1000,
+                       "model_to_browser_ms": (phases["t_first"] - seen["first"]) * 1000,
                        "prompt_chars": sum(len(s["text"]) for s in message.sources)}  # fmt: skip
                 if args.direct:
                     flush(llm_url)
                     row["direct_model_ms"] = model_ttft_ms(question, message.sources)
                 rows.append(row)
                 print(f"{n:>2} browser {browser:7.0f} ms  model {model:7.0f} ms  overhead {browser - model:6.0f} ms  "
-                      f"(POST incl. retrieval {phases['post']:5.0f} ms)"
+                      f"(POST incl. retrieval {phases['post']:4.0f}, page {row['page_ms']:4.0f}, "
+                      f"stream to model {row['stream_to_model_ms']:4.0f}, model to browser "
+                      f"{row['model_to_browser_ms']:3.0f} ms)"
                       + (f"  direct model {row['direct_model_ms']:7.0f} ms" if args.direct else ""),
                       flush=True)  # fmt: skip
     overhead = [r["overhead_ms"] for r in rows]
@@ -218,7 +226,10 @@ def main() -> None:
     post = [r["post_ms"] for r in rows]
     print(f"\n{len(rows)} runs, KB_CONTEXT_TOKENS={settings.KB_CONTEXT_TOKENS}, KB_TOP_K={settings.KB_TOP_K}")
     series = [("browser TTFT", browser), ("model TTFT (same request)", model), ("overhead", overhead),
-              ("POST /ask (retrieval + writes)", post)]  # fmt: skip
+              ("POST /ask (retrieval + writes)", post),
+              ("GET conversation page", [r["page_ms"] for r in rows]),
+              ("SSE open -> request at model", [r["stream_to_model_ms"] for r in rows]),
+              ("first token: model -> browser", [r["model_to_browser_ms"] for r in rows])]  # fmt: skip
     if args.direct:
         series.append(("model TTFT (direct, same prompt)", [r["direct_model_ms"] for r in rows]))
     for label, values in series:
