@@ -47,7 +47,8 @@ def main() -> None:
     k = args.k
     print(f"{len(items)} answerable questions, k={k}")
     print(f"{'rrf_k':>5} {'w_dense':>7} {'w_kw':>5} {'cand':>4}  {'hit@1':>6} {f'hit@{k}':>6} {f'MRR@{k}':>6}")
-    for rrf_k, w_dense, w_kw, cand in itertools.product((5, 20, 60, 120), (1.0,), (0.5, 0.75, 1.0, 1.5), (20, 40, 80)):
+    grid = itertools.product((2, 5, 10, 30, 60), (1.0,), (0.3, 0.5, 0.75, 1.0), (5, 10, 15, 20))
+    for rrf_k, w_dense, w_kw, cand in grid:
         ranks = []
         for item, (dense, keyword) in zip(items, legs, strict=True):
             fused = retrieval.fuse(dense[:cand], keyword[:cand], k=rrf_k, dense_weight=w_dense, keyword_weight=w_kw)

@@ -315,6 +315,24 @@ def refine(hits: list[Hit], *, top_k: int) -> list[Hit]:
     return diversify_ties(hits)[:top_k]
 
 
+def fuse_top(dense, keyword, *, depth: int, **weights) -> list[tuple[int, float, int | None, int | None]]:
+    """RRF of each leg's best `depth`, then the rest of the candidates (fused) below them.
+
+    Fusing whole candidate lists lets a passage that both legs rank mediocre (9th and 9th)
+    beat one that a leg ranks first; letting each leg put forward only its best few, as many
+    as will be shown, keeps fusion to re-ordering strong candidates. The deeper ones still
+    fill in when merging and de-duplication leave room.
+    """
+    top = fuse(dense[:depth], keyword[:depth], **weights)
+    chosen = {pk for pk, *_ in top}
+    rest = [row for row in fuse(dense, keyword, **weights) if row[0] not in chosen and row[1] > 0]
+    if top and rest:
+        # Keep scores falling down the list: the rest sit below the last of the top.
+        scale = top[-1][1] / rest[0][1] * 0.999
+        rest = [(pk, score * scale, dr, kr) for pk, score, dr, kr in rest]
+    return top + rest
+
+
 def search(
     *,
     user,
@@ -349,13 +367,12 @@ def search(
         keyword = keyword_leg(chunks, query, candidates)
         timings.keyword_ms = _ms(t)
     t = time.perf_counter()
-    fused = fuse(
-        dense,
-        keyword,
-        k=settings.KB_RRF_K,
-        dense_weight=settings.KB_DENSE_WEIGHT if mode != "keyword" else 0.0,
-        keyword_weight=settings.KB_KEYWORD_WEIGHT if mode != "dense" else 0.0,
-    )
+    weights = {
+        "k": settings.KB_RRF_K,
+        "dense_weight": settings.KB_DENSE_WEIGHT if mode != "keyword" else 0.0,
+        "keyword_weight": settings.KB_KEYWORD_WEIGHT if mode != "dense" else 0.0,
+    }
+    fused = fuse_top(dense, keyword, depth=settings.KB_FUSION_DEPTH or top_k, **weights)
     # Refining merges and drops hits, so start from more than top_k.
     pool = [row for row in fused if row[1] > 0][: top_k * 3]
     similarity = dict(dense)

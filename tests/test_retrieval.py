@@ -37,6 +37,18 @@ def test_fusion_rewards_agreement_between_the_legs():
     assert fused[0][2:] == (3, 1)
 
 
+def test_fusing_only_the_top_of_each_leg_keeps_a_first_place_above_two_mediocre_ones():
+    dense = [(1, 0.9)] + [(pk, 0.5) for pk in range(10, 19)] + [(99, 0.4)]
+    keyword = [(2, 5.0)] + [(pk, 1.0) for pk in range(20, 29)] + [(99, 0.9)]
+    # Whole lists: 99, 10th in both, outranks both first places.
+    assert retrieval.fuse(dense, keyword, k=60)[0][0] == 99
+    fused = retrieval.fuse_top(dense, keyword, depth=5, k=60)
+    assert [pk for pk, *_ in fused[:2]] == [1, 2]
+    assert 99 in [pk for pk, *_ in fused]  # still a candidate, further down
+    scores = [score for _, score, *_ in fused]
+    assert scores == sorted(scores, reverse=True)
+
+
 def test_fusion_weights_shift_the_order():
     dense = [(1, 0.9)]
     keyword = [(2, 5.0)]

@@ -75,7 +75,7 @@ def evaluate(*, user, questions: list[dict], collection_ids: list[int], k: int, 
             else:
                 rank = None
                 refused_unanswerable += not result.relevant
-            if mode == "hybrid":
+            if mode == modes[-1]:
                 report["per_question"].append({
                     "q": item["q"], "expected": item["expected"], "rank": rank, "relevant": result.relevant,
                     "best_similarity": result.best_similarity,
