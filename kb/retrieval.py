@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.contrib.postgres.search import SearchQueryField
 from django.db import connection, transaction
-from django.db.models import BooleanField, F, FloatField, Func, Value
+from django.db.models import BooleanField, Count, F, FloatField, Func, Q, Value
 from pgvector.django import CosineDistance
 
 from kb.models import Chunk
@@ -172,13 +172,14 @@ def keyword_leg(chunks, text: str, limit: int) -> list[tuple[int, float]]:
     if not lexemes:
         return []
     total = chunks.count()
-    # Counting stops past the cut-off, so a very common word costs no more than a rare one.
     cap = int(settings.KB_KEYWORD_MAX_DF * total) + 1
-    found: list[tuple[str, int]] = []
-    for lexeme in lexemes:
-        df = chunks.filter(Matches(F("search_vector"), LexemeQuery(lexeme))).values("pk")[:cap].count()
-        if df:
-            found.append((lexeme, df))
+    # Every word's document frequency in one pass over the chunks holding any of them.
+    matching = chunks.alias(
+        any_word=Matches(F("search_vector"), AnyLexemeQuery(lexemes)),
+        **{f"has_{n}": Matches(F("search_vector"), LexemeQuery(lexeme)) for n, lexeme in enumerate(lexemes)},
+    ).filter(any_word=True)
+    counts = matching.aggregate(**{f"df_{n}": Count("pk", filter=Q(**{f"has_{n}": True})) for n in range(len(lexemes))})
+    found = [(lexeme, counts[f"df_{n}"]) for n, lexeme in enumerate(lexemes) if counts[f"df_{n}"]]
     if not found:
         return []
     # Common words go only when a rarer one is left to match on.
