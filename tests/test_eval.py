@@ -76,3 +76,13 @@ def test_eval_refuses_a_malformed_line(questions, tmp_path):
     path.write_text('{"question": "no q key"}\n')
     with pytest.raises(CommandError, match="bad.jsonl:1"):
         run_eval(str(path), "--collection", "handbook")
+
+
+def test_expected_sources_match_across_a_folder_prefix_and_ignore_anchors():
+    from kb.management.commands.kb_eval import same_source
+
+    assert same_source("ops/backups.md", "ops/backups.md")
+    assert same_source("handbook/ops/backups.md", "ops/backups.md#restore")
+    assert same_source("ops/backups.md", "./handbook/ops/backups.md")
+    assert not same_source("ops/backups.md", "backups.md.bak")
+    assert not same_source("ops/old-backups.md", "backups.md")
