@@ -8,11 +8,16 @@ database, signs in as a reader of the collection, and for each question:
 1. browser: POST the question to /collections/<id>/ask/ (retrieval happens here), follow the
    redirect to the conversation page, open the message's SSE stream and stop at the first
    `token` event: time from the POST to that event;
-2. model alone: send the very prompt kb built (the message's stored sources) straight to the
-   model server with kb.llm and stop at the first piece.
+2. model alone, same request: kb reaches the model server through a timing relay that only
+   forwards bytes and notes when the request arrived and when the first non-empty
+   `content` left the model server. Overhead = 1 - 2. On two busy cores the model's own
+   time to first token varies by seconds from one call to the next, so timing the same
+   request is the only way to see an overhead of milliseconds;
+3. with --direct, also the very prompt kb built (the message's stored sources) sent
+   straight to the model server with kb.llm, stopping at the first piece (a cross-check).
 
 llama.cpp reuses the evaluated prefix of the previous prompt, so a one-token request with a
-different prompt runs before each measurement: both then pay the same prompt processing.
+different prompt runs before each measurement: each pays the whole prompt processing.
 """
 
 from __future__ import annotations
@@ -46,6 +51,60 @@ PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 
 
+class TimingRelay:
+    """A TCP relay to the model server noting, per request, its arrival and its first content."""
+
+    CONTENT = re.compile(rb'"content"\s*:\s*"(?!")')
+
+    def __init__(self, upstream_port: int):
+        import asyncio
+        import threading
+
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.requests: list[dict] = []
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        self._ready.set()
+        self.loop.run_until_complete(server.serve_forever())
+
+    async def _serve(self, reader, writer) -> None:
+        import asyncio
+
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        current: dict = {}
+
+        async def upstream():
+            nonlocal current
+            while data := await reader.read(65536):
+                if data.startswith((b"POST ", b"GET ")):
+                    current = {"start": time.perf_counter(), "first": None, "seen": b""}
+                    self.requests.append(current)
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def downstream():
+            while data := await up_reader.read(65536):
+                if current and current["first"] is None:
+                    current["seen"] = current["seen"][-64:] + data
+                    if self.CONTENT.search(current["seen"]):
+                        current["first"] = time.perf_counter()
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
@@ -77,14 +136,17 @@ def browser_ttft_ms(web: httpx.Client, collection_id: int, question: str) -> tup
                       headers={"Referer": str(web.base_url)}, follow_redirects=False)  # fmt: skip
     assert posted.status_code == 302, posted.status_code
     phases["post"] = (time.perf_counter() - started) * 1000
+    phases["t_post"] = time.perf_counter()
     page = web.get(posted.headers["location"])
     page.raise_for_status()
     phases["page"] = (time.perf_counter() - started) * 1000
+    phases["t_page"] = time.perf_counter()
     message_id = int(re.findall(r"/messages/(\d+)/stream/", page.text)[-1])
     with web.stream("GET", f"/messages/{message_id}/stream/", headers={"Accept": "text/event-stream"}) as stream:
         for line in stream.iter_lines():
             if line.startswith("event: "):
                 phases["first_event"] = (time.perf_counter() - started) * 1000
+                phases["t_first"] = time.perf_counter()
                 if line == "event: token":
                     return phases["first_event"], message_id, phases
                 if line == "event: done":
@@ -98,6 +160,7 @@ def main() -> None:
     parser.add_argument("--questions", default=str(ROOT / "bench" / "python311_questions.jsonl"))
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", metavar="FILE", help="also write each run's figures here")
+    parser.add_argument("--direct", action="store_true", help="also time the same prompt sent straight to the model")
     args = parser.parse_args()
 
     collection = Collection.objects.get(name=args.collection)
@@ -118,7 +181,9 @@ def main() -> None:
     web_url = f"http://127.0.0.1:{free_port()}"
     web_cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", web_url.rsplit(":", 1)[1]]
     settings.TGI_URL = llm_url
-    web_env = _server_env({"TGI_URL": llm_url, "KB_DB_NAME": settings.DATABASES["default"]["NAME"],
+    relay = TimingRelay(int(llm_url.rsplit(":", 1)[1]))
+    web_env = _server_env({"TGI_URL": f"http://127.0.0.1:{relay.port}",
+                           "KB_DB_NAME": settings.DATABASES["default"]["NAME"],
                            "KB_MEDIA_ROOT": str(settings.MEDIA_ROOT)})  # fmt: skip
     rows = []
     with running("bench-llm", llm_cmd, ready=answers(f"{llm_url}/v1/models"), env=llm_env, timeout=120), \
@@ -137,19 +202,37 @@ def main() -> None:
                 if not message.sources or browser != browser:
                     print(f"{n:>2} no answer (nothing relevant): skipped")
                     continue
-                flush(llm_url)
-                model = model_ttft_ms(question, message.sources)
-                rows.append({"q": question, "browser_ms": browser, "model_ms": model, "overhead_ms": browser - model,
-                             "post_ms": phases["post"], "prompt_chars": sum(len(s["text"]) for s in message.sources)})  # fmt: skip
+                seen = relay.requests[-1]
+                model = (seen["first"] - seen["start"]) * 1000
+                row = {"q": question, "browser_ms": browser, "model_ms": model, "overhead_ms": browser - model,
+                       "post_ms": phases["post"],
+                       "page_ms": (phases["t_page"] - phases["t_post"]) * 1000,
+                       "stream_to_model_ms": (seen["start"] - phases["t_page"]) * 1000,
+                       "model_to_browser_ms": (phases["t_first"] - seen["first"]) * 1000,
+                       "prompt_chars": sum(len(s["text"]) for s in message.sources)}  # fmt: skip
+                if args.direct:
+                    flush(llm_url)
+                    row["direct_model_ms"] = model_ttft_ms(question, message.sources)
+                rows.append(row)
                 print(f"{n:>2} browser {browser:7.0f} ms  model {model:7.0f} ms  overhead {browser - model:6.0f} ms  "
-                      f"(POST incl. retrieval {phases['post']:5.0f} ms)", flush=True)  # fmt: skip
+                      f"(POST incl. retrieval {phases['post']:4.0f}, page {row['page_ms']:4.0f}, "
+                      f"stream to model {row['stream_to_model_ms']:4.0f}, model to browser "
+                      f"{row['model_to_browser_ms']:3.0f} ms)"
+                      + (f"  direct model {row['direct_model_ms']:7.0f} ms" if args.direct else ""),
+                      flush=True)  # fmt: skip
     overhead = [r["overhead_ms"] for r in rows]
     browser = [r["browser_ms"] for r in rows]
     model = [r["model_ms"] for r in rows]
     post = [r["post_ms"] for r in rows]
     print(f"\n{len(rows)} runs, KB_CONTEXT_TOKENS={settings.KB_CONTEXT_TOKENS}, KB_TOP_K={settings.KB_TOP_K}")
-    for label, values in (("browser TTFT", browser), ("model TTFT", model), ("overhead", overhead),
-                          ("POST /ask (retrieval + writes)", post)):  # fmt: skip
+    series = [("browser TTFT", browser), ("model TTFT (same request)", model), ("overhead", overhead),
+              ("POST /ask (retrieval + writes)", post),
+              ("GET conversation page", [r["page_ms"] for r in rows]),
+              ("SSE open -> request at model", [r["stream_to_model_ms"] for r in rows]),
+              ("first token: model -> browser", [r["model_to_browser_ms"] for r in rows])]  # fmt: skip
+    if args.direct:
+        series.append(("model TTFT (direct, same prompt)", [r["direct_model_ms"] for r in rows]))
+    for label, values in series:
         print(f"{label:<32} p50 {percentile(values, 50):7.0f} ms  p95 {percentile(values, 95):7.0f} ms  "
               f"mean {statistics.fmean(values):7.0f} ms")  # fmt: skip
     if args.json:

@@ -6,37 +6,22 @@ anything is ranked, and nothing the user may not read can reach a prompt or a so
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+import sys
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.contrib.postgres.search import SearchQueryField, SearchRank
+from django.contrib.postgres.search import SearchQueryField
 from django.db import connection, transaction
-from django.db.models import BooleanField, F, FloatField, Func, Value
+from django.db.models import BooleanField, Count, F, FloatField, Func, Q, Value
 from pgvector.django import CosineDistance
 
 from kb.models import Chunk
-
-
-class AnyTermQuery(Func):
-    """A tsquery that matches any of the question's stemmed, non-stop words.
-
-    websearch_to_tsquery ANDs every word, so a natural question ("how do I schedule
-    the nightly backup?") would only match chunks holding all of them; OR-ing the
-    lexemes and ranking by cover density lets the rank, not the match, decide.
-    """
-
-    output_field = SearchQueryField()
-    template = (
-        "to_tsquery('simple', array_to_string(ARRAY(SELECT quote_literal(l) FROM "
-        "unnest(tsvector_to_array(to_tsvector(%(config)s::regconfig, %(expressions)s))) AS l), ' | '))"
-    )
-
-    def __init__(self, text: str, config: str):
-        super().__init__(Value(text.replace("\\", " ")), config=f"'{config}'")
 
 
 class Matches(Func):
@@ -93,10 +78,29 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+@contextmanager
+def _torch_threads(n: int):
+    """Run the block with torch limited to `n` threads (when the local model is loaded)."""
+    torch = sys.modules.get("torch")
+    if torch is None or n <= 0:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def embed_query(text: str) -> list[float]:
     from ingestion.pipeline import embed_texts
 
-    return embed_texts([text])[0]
+    # One short text gains nothing from several threads, and on a busy machine their
+    # hand-offs cost 5-10 times the work itself (measured: 40 ms on one thread, 200-700 ms
+    # on two, with the cores shared); KB_QUERY_EMBED_THREADS sets it.
+    with _torch_threads(settings.KB_QUERY_EMBED_THREADS):
+        return embed_texts([text])[0]
 
 
 def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]]:
@@ -168,14 +172,19 @@ def keyword_leg(chunks, text: str, limit: int) -> list[tuple[int, float]]:
     if not lexemes:
         return []
     total = chunks.count()
-    weighted: list[tuple[str, float]] = []
-    for lexeme in lexemes:
-        df = chunks.filter(Matches(F("search_vector"), LexemeQuery(lexeme))).count()
-        if df == 0 or (df > settings.KB_KEYWORD_MAX_DF * total and len(lexemes) > 1):
-            continue
-        weighted.append((lexeme, math.log(1 + (total - df + 0.5) / (df + 0.5))))
-    if not weighted:
+    cap = int(settings.KB_KEYWORD_MAX_DF * total) + 1
+    # Every word's document frequency in one pass over the chunks holding any of them.
+    matching = chunks.alias(
+        any_word=Matches(F("search_vector"), AnyLexemeQuery(lexemes)),
+        **{f"has_{n}": Matches(F("search_vector"), LexemeQuery(lexeme)) for n, lexeme in enumerate(lexemes)},
+    ).filter(any_word=True)
+    counts = matching.aggregate(**{f"df_{n}": Count("pk", filter=Q(**{f"has_{n}": True})) for n in range(len(lexemes))})
+    found = [(lexeme, counts[f"df_{n}"]) for n, lexeme in enumerate(lexemes) if counts[f"df_{n}"]]
+    if not found:
         return []
+    # Common words go only when a rarer one is left to match on.
+    found = [(lexeme, df) for lexeme, df in found if df < cap] or found
+    weighted = [(lexeme, math.log(1 + (total - df + 0.5) / (df + 0.5))) for lexeme, df in found]
     query = AnyLexemeQuery([lexeme for lexeme, _ in weighted])
     weights = Value(settings.KB_FTS_WEIGHTS)
     score = sum(
@@ -244,7 +253,7 @@ def merge_adjacent(hits: list[Hit]) -> list[Hit]:
             if len(group) > 1:
                 chunks = [c for h in group for c in h.chunks]
                 text = chunks[0].text
-                for previous, following in zip(chunks, chunks[1:]):
+                for previous, following in itertools.pairwise(chunks):
                     text = _join(previous, following, text)
                 best = Hit(
                     chunk=chunks[0], score=best.score, dense_rank=best.dense_rank, keyword_rank=best.keyword_rank,
@@ -307,6 +316,24 @@ def refine(hits: list[Hit], *, top_k: int) -> list[Hit]:
     return diversify_ties(hits)[:top_k]
 
 
+def fuse_top(dense, keyword, *, depth: int, **weights) -> list[tuple[int, float, int | None, int | None]]:
+    """RRF of each leg's best `depth`, then the rest of the candidates (fused) below them.
+
+    Fusing whole candidate lists lets a passage that both legs rank mediocre (9th and 9th)
+    beat one that a leg ranks first; letting each leg put forward only its best few, as many
+    as will be shown, keeps fusion to re-ordering strong candidates. The deeper ones still
+    fill in when merging and de-duplication leave room.
+    """
+    top = fuse(dense[:depth], keyword[:depth], **weights)
+    chosen = {pk for pk, *_ in top}
+    rest = [row for row in fuse(dense, keyword, **weights) if row[0] not in chosen and row[1] > 0]
+    if top and rest:
+        # Keep scores falling down the list: the rest sit below the last of the top.
+        scale = top[-1][1] / rest[0][1] * 0.999
+        rest = [(pk, score * scale, dr, kr) for pk, score, dr, kr in rest]
+    return top + rest
+
+
 def search(
     *,
     user,
@@ -341,13 +368,12 @@ def search(
         keyword = keyword_leg(chunks, query, candidates)
         timings.keyword_ms = _ms(t)
     t = time.perf_counter()
-    fused = fuse(
-        dense,
-        keyword,
-        k=settings.KB_RRF_K,
-        dense_weight=settings.KB_DENSE_WEIGHT if mode != "keyword" else 0.0,
-        keyword_weight=settings.KB_KEYWORD_WEIGHT if mode != "dense" else 0.0,
-    )
+    weights = {
+        "k": settings.KB_RRF_K,
+        "dense_weight": settings.KB_DENSE_WEIGHT if mode != "keyword" else 0.0,
+        "keyword_weight": settings.KB_KEYWORD_WEIGHT if mode != "dense" else 0.0,
+    }
+    fused = fuse_top(dense, keyword, depth=settings.KB_FUSION_DEPTH or top_k, **weights)
     # Refining merges and drops hits, so start from more than top_k.
     pool = [row for row in fused if row[1] > 0][: top_k * 3]
     similarity = dict(dense)

@@ -152,18 +152,23 @@ KB_CHUNK_OVERLAP = env.int("KB_CHUNK_OVERLAP", default=20)
 
 # Retrieval
 KB_TOP_K = env.int("KB_TOP_K", default=5)
-KB_RRF_K = env.int("KB_RRF_K", default=60)
+KB_RRF_K = env.int("KB_RRF_K", default=2)
 KB_DENSE_WEIGHT = env.float("KB_DENSE_WEIGHT", default=1.0)
-KB_KEYWORD_WEIGHT = env.float("KB_KEYWORD_WEIGHT", default=1.0)
+KB_KEYWORD_WEIGHT = env.float("KB_KEYWORD_WEIGHT", default=0.75)
 KB_CANDIDATES = env.int("KB_CANDIDATES", default=40)
+# Ranks of each leg that take part in the fusion (0: as many as passages asked for); the
+# other candidates follow, in fused order, for when merging leaves room.
+KB_FUSION_DEPTH = env.int("KB_FUSION_DEPTH", default=0)
 KB_FTS_CONFIG = env.str("KB_FTS_CONFIG", default="english")
 # ts_rank_cd weights of the labels D, C, B, A (headings are A, body text D).
 KB_FTS_WEIGHTS = env.str("KB_FTS_WEIGHTS", default="{0.1, 0.2, 0.4, 1.0}")
 # Query words found in more than this share of the searched chunks are left out of the keyword leg.
 KB_KEYWORD_MAX_DF = env.float("KB_KEYWORD_MAX_DF", default=0.5)
+# Threads the local embedding model uses for a question (0: torch's default, all cores).
+KB_QUERY_EMBED_THREADS = env.int("KB_QUERY_EMBED_THREADS", default=1)
 # Below this cosine similarity of the closest chunk, kb answers that it found nothing
 # relevant and does not call the model (0 turns the check off).
-KB_MIN_SIMILARITY = env.float("KB_MIN_SIMILARITY", default=0.25)
+KB_MIN_SIMILARITY = env.float("KB_MIN_SIMILARITY", default=0.3)
 # Passages whose word trigrams overlap a better passage's this much (Jaccard) are dropped.
 KB_DUPLICATE_THRESHOLD = env.float("KB_DUPLICATE_THRESHOLD", default=0.8)
 # Tokens of source text put into the prompt (keep small for the tiny local model).

@@ -61,7 +61,7 @@ def test_eval_counts_a_miss_when_the_expected_source_is_not_retrieved(questions,
 
 def test_eval_prints_a_table_with_latency_per_stage(questions):
     text = run_eval(str(questions), "--collection", "handbook")
-    for label in ("dense", "keyword", "hybrid", "hit@1", "hit@5", "MRR@5", "embed", "fuse"):
+    for label in ("dense", "keyword", "hybrid", "hit@1", "hit@5", "MRR@5", "embed", "fuse", "KB_MIN_SIMILARITY"):
         assert label in text
 
 
@@ -76,3 +76,13 @@ def test_eval_refuses_a_malformed_line(questions, tmp_path):
     path.write_text('{"question": "no q key"}\n')
     with pytest.raises(CommandError, match="bad.jsonl:1"):
         run_eval(str(path), "--collection", "handbook")
+
+
+def test_expected_sources_match_across_a_folder_prefix_and_ignore_anchors():
+    from kb.management.commands.kb_eval import same_source
+
+    assert same_source("ops/backups.md", "ops/backups.md")
+    assert same_source("handbook/ops/backups.md", "ops/backups.md#restore")
+    assert same_source("ops/backups.md", "./handbook/ops/backups.md")
+    assert not same_source("ops/backups.md", "backups.md.bak")
+    assert not same_source("ops/old-backups.md", "backups.md")

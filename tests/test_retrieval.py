@@ -37,6 +37,18 @@ def test_fusion_rewards_agreement_between_the_legs():
     assert fused[0][2:] == (3, 1)
 
 
+def test_fusing_only_the_top_of_each_leg_keeps_a_first_place_above_two_mediocre_ones():
+    dense = [(1, 0.9)] + [(pk, 0.5) for pk in range(10, 19)] + [(99, 0.4)]
+    keyword = [(2, 5.0)] + [(pk, 1.0) for pk in range(20, 29)] + [(99, 0.9)]
+    # Whole lists: 99, 10th in both, outranks both first places.
+    assert retrieval.fuse(dense, keyword, k=60)[0][0] == 99
+    fused = retrieval.fuse_top(dense, keyword, depth=5, k=60)
+    assert [pk for pk, *_ in fused[:2]] == [1, 2]
+    assert 99 in [pk for pk, *_ in fused]  # still a candidate, further down
+    scores = [score for _, score, *_ in fused]
+    assert scores == sorted(scores, reverse=True)
+
+
 def test_fusion_weights_shift_the_order():
     dense = [(1, 0.9)]
     keyword = [(2, 5.0)]
@@ -234,3 +246,37 @@ def test_budget_cuts_the_first_source_at_a_sentence():
     kept = answering.fit_to_budget([_source(1, text)], budget_tokens=50)
     assert len(kept) == 1 and len(kept[0]["text"]) <= 200 + 2
     assert kept[0]["text"].endswith("here. …")
+
+
+# --- the keyword leg ----------------------------------------------------------------------
+
+
+def test_keyword_leg_ranks_a_rare_word_above_a_common_one():
+    reader = make_user()
+    collection = make_collection(viewer=[reader])
+    for i in range(6):
+        add_document(collection, f"backup{i}.md", f"# Note {i}\n\nThe backup ran. The backup was checked. Backup {i}.")
+    add_document(collection, "zebra.md", "# Animals\n\nA zebra was seen near the backup office.")
+    hits = retrieval.search(user=reader, query="backup zebra", mode="keyword", top_k=3).hits
+    assert hits[0].chunk.document.source_path == "zebra.md"
+
+
+def test_keyword_leg_prefers_the_section_whose_heading_holds_the_word():
+    reader = make_user()
+    collection = make_collection(viewer=[reader])
+    add_document(collection, "a.md", "# Misc\n\n## Other\n\nWe talked about rotation of the logs once, briefly.")
+    add_document(collection, "b.md", "# Logs\n\n## Rotation\n\nOld files are compressed every week by the job.")
+    hits = retrieval.search(user=reader, query="log rotation", mode="keyword", top_k=2).hits
+    assert hits[0].chunk.document.source_path == "b.md"
+
+
+def test_question_embedding_on_one_thread_matches_and_restores_the_thread_count(settings):
+    import torch
+
+    from ingestion.pipeline import embed_texts
+
+    settings.KB_QUERY_EMBED_THREADS = 1
+    before = torch.get_num_threads()
+    vector = retrieval.embed_query("how do I restore a backup")
+    assert torch.get_num_threads() == before
+    assert vector == pytest.approx(embed_texts(["how do I restore a backup"])[0], abs=1e-5)

@@ -38,11 +38,24 @@ def load_questions(path: Path) -> list[dict]:
     return questions
 
 
+def _path(path: str) -> str:
+    return path.split("#", 1)[0].strip().removeprefix("./").strip("/")
+
+
+def same_source(source_path: str, expected: str) -> bool:
+    """Whether a document is the expected source: the same path, or one ends the other at a folder.
+
+    A set written against `library/os.html` still matches a collection ingested from one
+    folder up (`html/library/os.html`), and an anchor (`os.html#os.environ`) is ignored.
+    """
+    a, b = _path(source_path), _path(expected)
+    return bool(a and b) and (a == b or a.endswith("/" + b) or b.endswith("/" + a))
+
+
 def first_relevant_rank(result: retrieval.Result, expected: list[str]) -> int | None:
     """1-based rank of the first passage from an expected source, or None."""
-    wanted = set(expected)
     for rank, hit in enumerate(result.hits, start=1):
-        if hit.chunk.document.source_path in wanted:
+        if any(same_source(hit.chunk.document.source_path, e) for e in expected):
             return rank
     return None
 
@@ -75,9 +88,9 @@ def evaluate(*, user, questions: list[dict], collection_ids: list[int], k: int, 
             else:
                 rank = None
                 refused_unanswerable += not result.relevant
-            if mode == "hybrid":
+            if mode == modes[-1]:
                 report["per_question"].append({
-                    "q": item["q"], "rank": rank, "relevant": result.relevant,
+                    "q": item["q"], "expected": item["expected"], "rank": rank, "relevant": result.relevant,
                     "best_similarity": result.best_similarity,
                     "top": [h.chunk.document.source_path for h in result.hits],
                 })  # fmt: skip
@@ -147,11 +160,28 @@ class Command(BaseCommand):
             lat = m["latency_ms"]["total_ms"]
             self.stdout.write(
                 f"{mode:<8} {m['hit@1']:>6.3f} {m[f'hit@{k}']:>6.3f} {m[f'mrr@{k}']:>6.3f}  "
-                f"{m['refused_unanswerable']:>4}/{m['unanswerable']:<4}  {m['refused_answerable']:>10}/{m['answerable']:<4}  "
+                f"{m['refused_unanswerable']:>4}/{m['unanswerable']:<4}  "
+                f"{m['refused_answerable']:>10}/{m['answerable']:<4}  "
                 f"{lat['p50']:>7.1f} {lat['p95']:>7.1f}"
             )
+        self._print_calibration(report)
         self.stdout.write("\nRetrieval latency per stage, ms (p50 / p95):")
         for mode, m in report["modes"].items():
             parts = [f"{stage[:-3]} {m['latency_ms'][stage]['p50']:.1f} / {m['latency_ms'][stage]['p95']:.1f}"
                      for stage in STAGES]  # fmt: skip
             self.stdout.write(f"  {mode:<8} " + ", ".join(parts))
+
+    def _print_calibration(self, report: dict) -> None:
+        """What other KB_MIN_SIMILARITY values would refuse, from the hybrid run's closest similarities."""
+        rows = [q for q in report["per_question"] if q["best_similarity"] is not None]
+        if not rows:
+            return
+        answerable = [q["best_similarity"] for q in rows if q["expected"]]
+        unanswerable = [q["best_similarity"] for q in rows if not q["expected"]]
+        self.stdout.write("\nKB_MIN_SIMILARITY  refuses unanswerable  refuses answerable")
+        for step in range(1, 7):
+            t = 0.1 + step * 0.05  # 0.15 ... 0.40
+            self.stdout.write(
+                f"{t:>17.2f}  {sum(s < t for s in unanswerable):>9}/{len(unanswerable):<11}"
+                f"{sum(s < t for s in answerable):>9}/{len(answerable)}"
+            )
