@@ -7,12 +7,11 @@ import sys
 import time
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
-from django.http import Http404
+from django.core.management.base import BaseCommand
 
-from kb import access, answering, selectors
+from kb import answering
 from kb.llm import ModelServerError
+from kb.management.cli import actor_and_collections
 
 
 class Command(BaseCommand):
@@ -27,16 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="one JSON object per question")
 
     def handle(self, *args, question, collection, user, top_k, no_generate, json: bool, **options):
-        if user:
-            actor = get_user_model().objects.filter(username=user, is_active=True).first()
-            if actor is None:
-                raise CommandError(f"No active user named {user!r}.")
-        else:
-            actor = access.system_user()
-        try:
-            collections = [selectors.collection_get_by_name(user=actor, name=name) for name in collection]
-        except Http404 as exc:
-            raise CommandError(str(exc)) from None
+        actor, collections = actor_and_collections(username=user, names=collection)
         questions = [question] if question else (line.strip() for line in sys.stdin)
         for q in questions:
             if q:

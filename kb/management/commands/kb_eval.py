@@ -13,11 +13,10 @@ import statistics
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.http import Http404
 
-from kb import access, retrieval, selectors
+from kb import retrieval
+from kb.management.cli import actor_and_collections
 
 MODES = ("dense", "keyword", "hybrid")
 STAGES = ("embed_ms", "dense_ms", "keyword_ms", "fuse_ms", "total_ms")
@@ -128,16 +127,7 @@ class Command(BaseCommand):
         path = Path(questions)
         if not path.is_file():
             raise CommandError(f"{questions}: no such file.")
-        if user:
-            actor = get_user_model().objects.filter(username=user, is_active=True).first()
-            if actor is None:
-                raise CommandError(f"No active user named {user!r}.")
-        else:
-            actor = access.system_user()
-        try:
-            collections = [selectors.collection_get_by_name(user=actor, name=name) for name in collection]
-        except Http404 as exc:
-            raise CommandError(str(exc)) from None
+        actor, collections = actor_and_collections(username=user, names=collection)
         report = evaluate(
             user=actor, questions=load_questions(path), collection_ids=[c.pk for c in collections], k=k,
             modes=tuple(mode or MODES),
