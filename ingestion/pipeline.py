@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ingestion import chunking, readers
 from ingestion.embeddings import Embedder, count_tokens, get_embedder
@@ -36,6 +37,7 @@ class ParsedDocument:
     title: str  # from front matter / first H1 / <title> / PDF metadata / else file stem
     text: str  # the whole extracted text
     chunks: list[ChunkData]
+    metadata: dict = field(default_factory=dict)  # {"front_matter": {...}, "links": ["other/page.md", ...]}
 
 
 def chunk_budget(embedder: Embedder) -> tuple[int, int]:
@@ -70,7 +72,33 @@ def parse_and_chunk(path: pathlib.Path, *, source_path: str, embedder: Embedder 
         for span in spans
     ]
     title = extracted.title or pathlib.PurePath(name).stem
-    return ParsedDocument(title=title, text=extracted.text, chunks=chunks)
+    metadata: dict = {}
+    if extracted.metadata:
+        metadata["front_matter"] = extracted.metadata
+    links = internal_links(extracted.links, source_path=name)
+    if links:
+        metadata["links"] = links
+    return ParsedDocument(title=title, text=extracted.text, chunks=chunks, metadata=metadata)
+
+
+MAX_LINKS = 500
+
+
+def internal_links(hrefs: list[str], *, source_path: str) -> list[str]:
+    """Relative links as source paths of the same tree (e.g. "ops/restore.md"), in order, once each."""
+    folder = posixpath.dirname(source_path)
+    found: dict[str, None] = {}
+    for href in hrefs:
+        href = href.strip().split("#", 1)[0].split("?", 1)[0]
+        if not href or ":" in href or href.startswith(("/", "//")):
+            continue  # an anchor on the same page, a URL with a scheme, or a site-absolute path
+        target = posixpath.normpath(posixpath.join(folder, href))
+        if target.startswith("..") or target == ".":
+            continue
+        found.setdefault(target, None)
+        if len(found) >= MAX_LINKS:
+            break
+    return list(found)
 
 
 def embedding_text(*, title: str, heading_path: str, text: str, embedder: Embedder | None = None) -> str:

@@ -1,4 +1,4 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from kb.models import Collection, CollectionGrant, Conversation, Document, Message
 
@@ -14,6 +14,19 @@ class CollectionAdmin(admin.ModelAdmin):
     list_display = ["name", "created_by", "created_at"]
     search_fields = ["name"]
     inlines = [GrantInline]
+    actions = ["reindex"]
+
+    @admin.action(description="Re-embed every document (e.g. after changing the embedding model)")
+    def reindex(self, request, queryset):
+        from kb import services
+
+        for collection in queryset:
+            try:
+                count = services.collection_reindex(user=request.user, collection=collection)
+            except PermissionError as exc:
+                self.message_user(request, f"{collection}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{collection}: {count} document(s) queued for re-embedding.")
 
 
 @admin.register(Document)
