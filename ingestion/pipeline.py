@@ -161,10 +161,15 @@ def embed_texts(
             embedder.max_tokens,
         )
     batch_size = max(1, settings.KB_EMBED_BATCH_SIZE)
-    vectors: list[list[float]] = []
+    # Longest first, so each batch holds texts of about one length: a batch is padded to
+    # its longest text, and a section's short last chunk beside full ones wastes the rest.
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    by_position: list[list[float] | None] = [None] * len(texts)
+    done = 0
     total = len(texts)
     for first in range(0, total, batch_size):
-        batch = list(texts[first : first + batch_size])
+        positions = order[first : first + batch_size]
+        batch = [texts[i] for i in positions]
         array = np.asarray(embedder.embed(batch), dtype=np.float64)
         if array.ndim != 2 or array.shape[0] != len(batch):
             raise ImproperlyConfigured(f"The embedder returned {array.shape} for {len(batch)} texts.")
@@ -177,7 +182,9 @@ def embed_texts(
         # cosine distance in pgvector correct whatever a server was configured to do.
         norms = np.linalg.norm(array, axis=1, keepdims=True)
         array = np.divide(array, norms, out=np.zeros_like(array), where=norms > 0)
-        vectors.extend(array.tolist())
+        for position, vector in zip(positions, array.tolist(), strict=True):
+            by_position[position] = vector
+        done += len(batch)
         if progress is not None:
-            progress(len(vectors), total)
-    return vectors
+            progress(done, total)
+    return by_position  # type: ignore[return-value]  # every position is filled above

@@ -353,9 +353,14 @@ _BLOCKS = {
 
 def read_html(text: str) -> Extracted:
     """The main content of a page, its headings kept as structure."""
-    from bs4 import BeautifulSoup
+    import warnings
 
-    soup = BeautifulSoup(text, "lxml")
+    from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
+
+    with warnings.catch_warnings():
+        # XHTML pages (DocBook and MkDocs exports) parse well as HTML; bs4 warns on every one.
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+        soup = BeautifulSoup(text, "lxml")
     page_title = _one_line(soup.title.get_text()) if soup.title else ""
     articles = soup.find_all("article")
     root = soup.find("main") or soup.find(attrs={"role": "main"}) or (articles[0] if len(articles) == 1 else None)
