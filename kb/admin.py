@@ -1,4 +1,5 @@
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
 from kb.models import Collection, CollectionGrant, Conversation, Document, Message
 
@@ -23,7 +24,7 @@ class CollectionAdmin(admin.ModelAdmin):
         for collection in queryset:
             try:
                 count = services.collection_reindex(user=request.user, collection=collection)
-            except PermissionError as exc:
+            except (PermissionError, ValidationError) as exc:
                 self.message_user(request, f"{collection}: {exc}", messages.ERROR)
             else:
                 self.message_user(request, f"{collection}: {count} document(s) queued for re-embedding.")

@@ -548,6 +548,18 @@ def documents_recover_stale(*, collection_ids=None) -> dict:
     return result
 
 
+def _stored_embedding_dimension() -> int:
+    """The N of the database's vector(N) chunk column (pgvector keeps it as the type modifier)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT atttypmod FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'embedding'",
+            [Chunk._meta.db_table],
+        )
+        return cursor.fetchone()[0]
+
+
 def collection_reindex(*, user, collection: Collection, inline: bool = False, progress=None) -> int:
     """Embed every document of the collection again (e.g. after changing the embedding model).
 
@@ -556,6 +568,16 @@ def collection_reindex(*, user, collection: Collection, inline: bool = False, pr
     """
     if not access.can_edit(user, collection):
         raise PermissionError("You cannot re-index this collection.")
+    stored = _stored_embedding_dimension()
+    if stored != settings.KB_EMBED_DIM:
+        # Same-dimension models only, for now: chunk vectors live in one typed vector(N)
+        # column with one HNSW index, shared by every collection. A model of another size
+        # needs a second column (or an untyped one with per-dimension expression indexes)
+        # and retrieval that embeds each query with the model of each collection.
+        raise ValidationError(
+            f"The chunk table holds {stored}-dimensional vectors but KB_EMBED_DIM is {settings.KB_EMBED_DIM}; "
+            "re-embedding into another dimension is not supported yet. Use a model of the same dimension."
+        )
     ids = list(Document.objects.filter(collection=collection, status=Document.Status.READY).values_list("pk", flat=True))
     audit_logger.info("collection reindex", extra={"user": getattr(user, "pk", None), "collection": collection.pk})
     for n, document_id in enumerate(ids, start=1):

@@ -249,3 +249,30 @@ def test_kb_reindex_re_embeds_a_collection_by_name():
     call_command("kb_reindex", "--collection", "Ops", "--inline", stdout=out, stderr=io.StringIO())
     assert out.getvalue().strip() == "Re-embedded 1 document(s) of Ops."
     assert not set(Chunk.objects.filter(document=document).values_list("pk", flat=True)) & old
+
+
+def test_kb_reindex_refuses_a_model_of_another_dimension_and_keeps_the_chunks(settings):
+    from django.core.management import CommandError, call_command
+
+    collection = make_collection("Ops")
+    document = add_document(collection, "backups.md", BACKUPS)
+    old = set(Chunk.objects.filter(document=document).values_list("pk", flat=True))
+    settings.KB_EMBED_DIM = 768
+    with pytest.raises(CommandError, match="holds 384-dimensional vectors but KB_EMBED_DIM is 768"):
+        call_command("kb_reindex", "--collection", "Ops", "--inline", stdout=io.StringIO(), stderr=io.StringIO())
+    assert set(Chunk.objects.filter(document=document).values_list("pk", flat=True)) == old
+
+
+def test_the_admin_action_queues_a_reindex(client, django_capture_on_commit_callbacks, monkeypatch):
+    from ingestion import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.reindex_document, "delay", lambda pk: queued.append(pk))
+    admin = make_user("root", is_staff=True, is_superuser=True)
+    collection = make_collection(owner=admin)
+    document = add_document(collection, "backups.md", BACKUPS)
+    client.force_login(admin)
+    response = client.post(reverse("admin:kb_collection_changelist"),
+                           {"action": "reindex", "_selected_action": [collection.pk]}, follow=True)  # fmt: skip
+    assert response.status_code == 200 and queued == [document.pk]
+    assert "1 document(s) queued for re-embedding" in response.content.decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
@@ -29,7 +30,11 @@ class Command(BaseCommand):
             bar.total = total
             bar.update(done - bar.n)
 
-        count = services.collection_reindex(user=operator, collection=target, inline=inline, progress=progress)
-        bar.close()
+        try:
+            count = services.collection_reindex(user=operator, collection=target, inline=inline, progress=progress)
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from exc
+        finally:
+            bar.close()
         verb = "Re-embedded" if inline else "Queued"
         self.stdout.write(f"{verb} {count} document(s) of {target.name}.")
