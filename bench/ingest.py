@@ -59,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", type=Path, default=MANUAL)
     parser.add_argument("--limit", type=int, default=0, help="only the first N files (sorted), for a quick run")
+    parser.add_argument("--every", type=int, default=1, help="only every K-th file (sorted): a spread-out sample")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--skip-bare", action="store_true", help="skip the bare-model comparison")
     args = parser.parse_args()
@@ -78,15 +79,16 @@ def main() -> None:
     from kb.models import Collection, Document
 
     source = args.path
-    if args.limit:
+    if args.limit or args.every > 1:
         staged = Path(tempfile.mkdtemp(prefix="kb-bench-src-"))
-        for file in sorted(p for p in source.rglob("*") if p.is_file())[: args.limit]:
+        chosen = sorted(p for p in source.rglob("*") if p.is_file())[:: args.every]
+        for file in chosen[: args.limit or None]:
             target = staged / file.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(file, target)
         source = staged
     pages = sum(1 for p in source.rglob("*") if p.is_file())
-    name = f"bench: {args.path.name}" + (f" (first {args.limit})" if args.limit else "")
+    name = f"bench: {args.path.name} (every {args.every}, first {args.limit or 'all'})"
     Collection.objects.filter(name=name).delete()
 
     totals: dict[str, float] = defaultdict(float)

@@ -110,12 +110,17 @@ class Command(BaseCommand):
         bar = tqdm(total=total, desc="indexing", unit="doc", disable=quiet)
         pending = documents.exclude(status__in=FINISHED)
         done = 0
+        last_check = time.monotonic()
         while True:
             left = pending.count()
             bar.update(total - left - done)
             done = total - left
             if not left:
                 break
+            if time.monotonic() - last_check > 30:
+                # Nobody may be watching in a browser: unstick jobs whose worker died here too.
+                services.documents_recover_stale(collection_ids=documents.values("collection_id"))
+                last_check = time.monotonic()
             if timeout and time.monotonic() - started > timeout:
                 bar.close()
                 raise CommandError(f"{left} document(s) still queued after {timeout:g} s: are the workers running?")
