@@ -128,8 +128,3 @@ def pages(archive: zipfile.ZipFile, limits: Limits) -> Pages:
         else:
             found.members.append(Member(path, info))
     return found
-
-
-def breadcrumb(source_path: str) -> list[str]:
-    """The folders above a page, outermost first."""
-    return source_path.split("/")[:-1]

@@ -3,14 +3,13 @@ first and is scoped by kb.access; what the user may not see is a 404, never a 40
 
 from __future__ import annotations
 
-from django.http import Http404
-
-from kb import access
 from dataclasses import dataclass
 
 from django.db.models import Count, Q, Sum
+from django.http import Http404
 from django.utils import timezone
 
+from kb import access
 from kb.models import FINISHED, Chunk, Collection, Conversation, Document, Message, Role, UploadBatch
 
 

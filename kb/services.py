@@ -215,7 +215,11 @@ def document_mark(
         Document.objects.filter(pk=document_id)
         .exclude(status=Document.Status.CANCELLED)
         .update(
-            status=status, stage=stage, progress_done=done, progress_total=total, error=error,
+            status=status,
+            stage=stage,
+            progress_done=done,
+            progress_total=total,
+            error=error,
             updated_at=timezone.now(),
         )  # fmt: skip
     )
@@ -474,10 +478,16 @@ def archive_upload(
         user=user, collection=collection, archive_name=archive_name, present=found.listed
     )
     summary["removed"] = len(summary["removed_paths"])
+    counts = {k: v for k, v in summary.items() if k not in ("errors", "removed_paths")}
     audit_logger.info(
-        "archive synced", extra={"user": getattr(user, "pk", None), "collection": collection.pk,
-                                 "archive": archive_name, "summary": {k: v for k, v in summary.items() if k != "errors"}},
-    )  # fmt: skip
+        "archive synced",
+        extra={
+            "user": getattr(user, "pk", None),
+            "collection": collection.pk,
+            "archive": archive_name,
+            "counts": counts,
+        },  # fmt: skip
+    )
     return summary
 
 
@@ -578,7 +588,9 @@ def collection_reindex(*, user, collection: Collection, inline: bool = False, pr
             f"The chunk table holds {stored}-dimensional vectors but KB_EMBED_DIM is {settings.KB_EMBED_DIM}; "
             "re-embedding into another dimension is not supported yet. Use a model of the same dimension."
         )
-    ids = list(Document.objects.filter(collection=collection, status=Document.Status.READY).values_list("pk", flat=True))
+    ids = list(
+        Document.objects.filter(collection=collection, status=Document.Status.READY).values_list("pk", flat=True)
+    )
     audit_logger.info("collection reindex", extra={"user": getattr(user, "pk", None), "collection": collection.pk})
     for n, document_id in enumerate(ids, start=1):
         if inline:

@@ -21,8 +21,9 @@ def _batch_of(collection, *names, user=None):
     user = user or system_user()
     batch = services.batch_create(user=user, collection=collection, label=f"{len(names)} files")
     for name in names:
-        services.batch_add_file(user=user, batch=batch, file=io.BytesIO(f"# {name}\n\nText of {name}.".encode()),
-                                name=name, enqueue=False)  # fmt: skip
+        services.batch_add_file(
+            user=user, batch=batch, file=io.BytesIO(f"# {name}\n\nText of {name}.".encode()), name=name, enqueue=False
+        )
     return batch
 
 
@@ -68,8 +69,9 @@ def test_a_worker_mid_document_stops_at_its_next_progress_mark_when_cancelled(se
     collection = make_collection()
     long = "\n\n".join(f"## Step {n}\n\n" + "Replicas keep a nightly snapshot. " * 20 for n in range(6))
     batch = _batch_of(collection)
-    services.batch_add_file(user=system_user(), batch=batch, file=io.BytesIO(long.encode()), name="runbook.md",
-                            enqueue=False)  # fmt: skip
+    services.batch_add_file(
+        user=system_user(), batch=batch, file=io.BytesIO(long.encode()), name="runbook.md", enqueue=False
+    )
     document = Document.objects.get(batch=batch)
     from ingestion import pipeline
 
@@ -95,13 +97,19 @@ def test_a_cancelled_document_uploaded_again_is_processed_again():
     collection = make_collection()
     batch = _batch_of(collection, "a.md")
     services.batch_cancel(user=system_user(), batch=batch)
-    again = services.document_upload(user=system_user(), collection=collection,
-                                     file=io.BytesIO(b"# a.md\n\nText of a.md."), source_path="a.md", enqueue=False)  # fmt: skip
+    again = services.document_upload(
+        user=system_user(),
+        collection=collection,
+        file=io.BytesIO(b"# a.md\n\nText of a.md."),
+        source_path="a.md",
+        enqueue=False,
+    )
     assert again.outcome == "updated" and again.document.status == Document.Status.QUEUED
 
 
-def test_a_stale_processing_document_is_requeued_once_then_failed(settings, django_capture_on_commit_callbacks,
-                                                                  monkeypatch):  # fmt: skip
+def test_a_stale_processing_document_is_requeued_once_then_failed(
+    settings, django_capture_on_commit_callbacks, monkeypatch
+):
     from ingestion import tasks
 
     queued = []
@@ -125,8 +133,9 @@ def test_a_stale_processing_document_is_requeued_once_then_failed(settings, djan
 def test_a_document_still_reporting_progress_is_not_stale(settings):
     settings.KB_STALE_SECONDS = 60
     document = add_document(make_collection(), "a.md", "# A\n\nText.", process=False)
-    services.document_mark(document_id=document.pk, status=Document.Status.PROCESSING, stage="embedding", done=1,
-                           total=3)  # fmt: skip
+    services.document_mark(
+        document_id=document.pk, status=Document.Status.PROCESSING, stage="embedding", done=1, total=3
+    )
     assert services.documents_recover_stale() == {"requeued": 0, "failed": 0}
 
 
@@ -147,8 +156,11 @@ def editor_client(client):
 
 def test_a_multi_file_upload_is_one_batch_whose_partial_polls_until_done(editor_client):
     client, collection = editor_client
-    response = client.post(reverse("document_upload", args=[collection.pk]), {"files": _files("a.md", "b.md", "c.md")},
-                           headers={"HX-Request": "true"})  # fmt: skip
+    response = client.post(
+        reverse("document_upload", args=[collection.pk]),
+        {"files": _files("a.md", "b.md", "c.md")},
+        headers={"HX-Request": "true"},
+    )
     batch = UploadBatch.objects.get(collection=collection)
     assert batch.label == "3 files" and Document.objects.filter(batch=batch).count() == 3
     html = response.content.decode()
@@ -156,8 +168,9 @@ def test_a_multi_file_upload_is_one_batch_whose_partial_polls_until_done(editor_
 
     for document in Document.objects.filter(batch=batch):
         services.document_process(document_id=document.pk)
-    poll = client.get(reverse("collection_detail", args=[collection.pk]) + "?part=batches",
-                      headers={"HX-Request": "true"}).content.decode()  # fmt: skip
+    poll = client.get(
+        reverse("collection_detail", args=[collection.pk]) + "?part=batches", headers={"HX-Request": "true"}
+    ).content.decode()
     assert poll.lstrip().startswith('<section id="batches"')
     assert "3 of 3 ready" in poll and "Done." in poll
     assert "hx-trigger" not in poll and "Cancel upload" not in poll  # polling stops with the final counts
@@ -191,10 +204,12 @@ def test_watching_progress_recovers_stale_documents(editor_client, settings, mon
     client, collection = editor_client
     settings.KB_STALE_SECONDS = 60
     batch = _batch_of(collection, "a.md")
-    Document.objects.filter(batch=batch).update(status=Document.Status.PROCESSING, attempts=5,
-                                                updated_at=timezone.now() - timedelta(hours=1))  # fmt: skip
-    poll = client.get(reverse("collection_detail", args=[collection.pk]) + "?part=batches",
-                      headers={"HX-Request": "true"}).content.decode()  # fmt: skip
+    Document.objects.filter(batch=batch).update(
+        status=Document.Status.PROCESSING, attempts=5, updated_at=timezone.now() - timedelta(hours=1)
+    )
+    poll = client.get(
+        reverse("collection_detail", args=[collection.pk]) + "?part=batches", headers={"HX-Request": "true"}
+    ).content.decode()
     assert "1 failed" in poll and "stopped without finishing" in Document.objects.get(batch=batch).error
 
 
@@ -205,8 +220,9 @@ def test_an_archive_upload_in_the_browser_reports_its_sync(editor_client):
     archive = SimpleUploadedFile("wiki.zip", make_zip({"a.md": "# A\n\nOne.", "b/c.md": "# C\n\nTwo."}).getvalue())
     client.post(reverse("document_upload", args=[collection.pk]), {"files": [archive]})
     archive = SimpleUploadedFile("wiki.zip", make_zip({"a.md": "# A\n\nOne."}).getvalue())
-    response = client.post(reverse("document_upload", args=[collection.pk]), {"files": [archive]},
-                           headers={"HX-Request": "true"})  # fmt: skip
+    response = client.post(
+        reverse("document_upload", args=[collection.pk]), {"files": [archive]}, headers={"HX-Request": "true"}
+    )
 
     html = response.content.decode()
     assert "0 new, 0 changed, 1 unchanged, 1 removed (gone from the archive)" in html
@@ -217,8 +233,13 @@ def test_document_page_shows_the_archive_breadcrumb(editor_client):
     from tests.ingestion.test_archives import make_zip
 
     client, collection = editor_client
-    services.archive_upload(user=system_user(), collection=collection, name="wiki.zip", enqueue=False,
-                            file=make_zip({"ops/runbooks/backups.md": "# Backups\n\nSee [restore](restore.md)."}))  # fmt: skip
+    services.archive_upload(
+        user=system_user(),
+        collection=collection,
+        name="wiki.zip",
+        enqueue=False,
+        file=make_zip({"ops/runbooks/backups.md": "# Backups\n\nSee [restore](restore.md)."}),
+    )
     document = Document.objects.get(collection=collection)
     services.document_process(document_id=document.pk)
     html = client.get(reverse("document_detail", args=[document.pk])).content.decode()
@@ -272,7 +293,10 @@ def test_the_admin_action_queues_a_reindex(client, django_capture_on_commit_call
     collection = make_collection(owner=admin)
     document = add_document(collection, "backups.md", BACKUPS)
     client.force_login(admin)
-    response = client.post(reverse("admin:kb_collection_changelist"),
-                           {"action": "reindex", "_selected_action": [collection.pk]}, follow=True)  # fmt: skip
+    response = client.post(
+        reverse("admin:kb_collection_changelist"),
+        {"action": "reindex", "_selected_action": [collection.pk]},
+        follow=True,
+    )
     assert response.status_code == 200 and queued == [document.pk]
     assert "1 document(s) queued for re-embedding" in response.content.decode()

@@ -76,7 +76,9 @@ def test_a_batch_of_bad_files_fails_each_with_a_reason_while_the_rest_goes_in_an
         "broken.pdf": b"%PDF-1.4\n" + bytes(range(256)) * 8,
         "bomb.docx": bomb_docx.read_bytes(),
         "bomb.zip": make_zip({"huge.md": b"\0" * (20 << 20)}).getvalue(),
-        "escape.zip": make_zip({"../../outside.md": "# Out", "inside.md": "# Inside\n\nKept from the archive."}).getvalue(),
+        "escape.zip": make_zip(
+            {"../../outside.md": "# Out", "inside.md": "# Inside\n\nKept from the archive."}
+        ).getvalue(),
         "huge.txt": b"word " * (300 * 1024),
         "cyrillic.txt": "Привет, как дела? Это тест кодировки.".encode("koi8-r"),
         "good.md": b"# Good\n\nThis one is searchable.",
@@ -85,8 +87,9 @@ def test_a_batch_of_bad_files_fails_each_with_a_reason_while_the_rest_goes_in_an
     collection = make_collection()
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    summary = services.batch_upload(user=system_user(), collection=collection,
-                                    files=[SimpleUploadedFile(n, d) for n, d in files.items()])  # fmt: skip
+    summary = services.batch_upload(
+        user=system_user(), collection=collection, files=[SimpleUploadedFile(n, d) for n, d in files.items()]
+    )
     refused = {e["source"]: e["reason"] for e in summary["errors"]}
     assert refused["empty.md"] == "empty.md is empty."
     assert "limit is 1 MB" in refused["huge.txt"]
@@ -115,13 +118,20 @@ def test_cancelling_a_running_batch_stops_the_worker_mid_document(celery_worker_
     collection = make_collection()
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    services.batch_upload(user=system_user(), collection=collection, files=[
-        SimpleUploadedFile("runbook.md", long_document().encode()),
-        SimpleUploadedFile("later.md", long_document(40).encode()),
-    ])  # fmt: skip
+    services.batch_upload(
+        user=system_user(),
+        collection=collection,
+        files=[
+            SimpleUploadedFile("runbook.md", long_document().encode()),
+            SimpleUploadedFile("later.md", long_document(40).encode()),
+        ],
+    )
     batch = collection.batches.get()
-    wait_for(lambda: Document.objects.filter(batch=batch, stage="embedding", progress_done__gt=0).exists(), 120,
-             "embedding to start")  # fmt: skip
+    wait_for(
+        lambda: Document.objects.filter(batch=batch, stage="embedding", progress_done__gt=0).exists(),
+        120,
+        "embedding to start",
+    )
     assert services.batch_cancel(user=system_user(), batch=batch) == 2
 
     time.sleep(3)  # give the worker time to reach its next progress mark
@@ -129,6 +139,10 @@ def test_cancelling_a_running_batch_stops_the_worker_mid_document(celery_worker_
         assert document.status == Document.Status.CANCELLED and "Cancelled by" in document.error
         assert not Chunk.objects.filter(document=document).exists()
     # The worker is free again: the next upload goes through.
-    outcome = services.document_upload(user=system_user(), collection=collection,
-                                       file=io.BytesIO(b"# Next\n\nAfter the cancel."), source_path="next.md")  # fmt: skip
+    outcome = services.document_upload(
+        user=system_user(),
+        collection=collection,
+        file=io.BytesIO(b"# Next\n\nAfter the cancel."),
+        source_path="next.md",
+    )
     wait_for(lambda: Document.objects.get(pk=outcome.document.pk).status == Document.Status.READY, 120, "next.md")

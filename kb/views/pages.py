@@ -109,9 +109,7 @@ def document_upload(request: HttpRequest, pk: int) -> HttpResponse:
         for error in (e for field in form.errors.values() for e in field):
             messages.error(request, error)
     if request.htmx:
-        response = TemplateResponse(
-            request, "kb/collection_detail.html#batches", _batches_context(request, collection)
-        )
+        response = TemplateResponse(request, "kb/collection_detail.html#batches", _batches_context(request, collection))
         return trigger_client_event(response, "kb:documents-changed")
     return redirect("collection_detail", pk=collection.pk)
 

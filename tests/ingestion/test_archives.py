@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
 import zipfile
 
 import pytest
@@ -81,8 +81,11 @@ def test_each_page_becomes_a_document_named_by_its_path_inside_the_archive():
     backups = documents["ops/backups.md"]
     assert backups.breadcrumb == ["ops"]
     assert backups.title == "Backup Guide"
-    assert backups.metadata["front_matter"] == {"title": "Backup Guide", "owner": "platform team",
-                                                "tags": ["ops", "storage"]}  # fmt: skip
+    assert backups.metadata["front_matter"] == {
+        "title": "Backup Guide",
+        "owner": "platform team",
+        "tags": ["ops", "storage"],
+    }
     assert backups.metadata["links"] == ["ops/restore.md", "index.md"]  # relative links, resolved; URLs left out
     assert documents["index.html"].metadata["links"] == ["ops/backups.md"]
     assert Chunk.objects.filter(document=backups).exists()
@@ -102,8 +105,11 @@ def test_uploading_the_archive_again_adds_new_replaces_changed_and_removes_vanis
     summary = sync(collection, changed)
 
     assert {k: summary[k] for k in ("created", "updated", "unchanged", "removed")} == {
-        "created": 1, "updated": 1, "unchanged": 1, "removed": 1,
-    }  # fmt: skip
+        "created": 1,
+        "updated": 1,
+        "unchanged": 1,
+        "removed": 1,
+    }
     assert summary["removed_paths"] == ["ops/backups.md"]
     after = {d.source_path: d for d in Document.objects.filter(collection=collection)}
     assert set(after) == {"index.html", "ops/restore.md", "ops/monitoring.md"}
@@ -117,20 +123,29 @@ def test_uploading_the_archive_again_adds_new_replaces_changed_and_removes_vanis
 
 def test_a_sync_leaves_pages_of_other_uploads_alone():
     collection = make_collection()
-    services.document_upload(user=system_user(), collection=collection, file=io.BytesIO(b"# Loose\n\nA single file."),
-                             source_path="loose.md", enqueue=False)  # fmt: skip
+    services.document_upload(
+        user=system_user(),
+        collection=collection,
+        file=io.BytesIO(b"# Loose\n\nA single file."),
+        source_path="loose.md",
+        enqueue=False,
+    )
     sync(collection, {"a.md": "# A\n\nFirst page."}, name="one.zip")
     sync(collection, {"b.md": "# B\n\nSecond page."}, name="two.zip")
     sync(collection, {"a2.md": "# A2\n\nReplacement page."}, name="one.zip")
 
     assert set(Document.objects.filter(collection=collection).values_list("source_path", flat=True)) == {
-        "loose.md", "b.md", "a2.md",
-    }  # fmt: skip
+        "loose.md",
+        "b.md",
+        "a2.md",
+    }
 
 
 def test_members_with_absolute_or_climbing_paths_are_refused_and_the_rest_goes_in():
     collection = make_collection()
-    archive = make_zip({"../../etc/cron.d/evil.md": "# Evil", "/abs/root.md": "# Root", "ok/page.md": "# Fine\n\nKept."})
+    archive = make_zip(
+        {"../../etc/cron.d/evil.md": "# Evil", "/abs/root.md": "# Root", "ok/page.md": "# Fine\n\nKept."}
+    )
     summary = sync(collection, archive)
 
     refused = {e["source"]: e["reason"] for e in summary["errors"]}
@@ -141,11 +156,14 @@ def test_members_with_absolute_or_climbing_paths_are_refused_and_the_rest_goes_i
 
 def test_an_encrypted_member_is_refused_with_a_reason_and_the_rest_goes_in():
     collection = make_collection()
-    archive = mark_encrypted(make_zip({"secret.md": "# Secret\n\nHidden.", "open.md": "# Open\n\nVisible."}),
-                             "secret.md")  # fmt: skip
+    archive = mark_encrypted(
+        make_zip({"secret.md": "# Secret\n\nHidden.", "open.md": "# Open\n\nVisible."}), "secret.md"
+    )
     summary = sync(collection, archive)
 
-    assert summary["errors"] == [{"source": "secret.md", "reason": "Refused: the file is encrypted inside the archive."}]
+    assert summary["errors"] == [
+        {"source": "secret.md", "reason": "Refused: the file is encrypted inside the archive."}
+    ]
     assert list(Document.objects.filter(collection=collection).values_list("source_path", flat=True)) == ["open.md"]
 
 
@@ -206,8 +224,9 @@ def test_a_docx_that_is_a_decompression_bomb_fails_with_a_reason(tmp_path):
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("word/media/padding.bin", b"\0" * (30 << 20))
     collection = make_collection()
-    outcome = services.document_upload(user=system_user(), collection=collection, file=path.open("rb"),
-                                       source_path="bomb.docx", enqueue=False)  # fmt: skip
+    outcome = services.document_upload(
+        user=system_user(), collection=collection, file=path.open("rb"), source_path="bomb.docx", enqueue=False
+    )
     services.document_process(document_id=outcome.document.pk)
 
     outcome.document.refresh_from_db()
@@ -239,5 +258,6 @@ def test_kb_ingest_takes_archives_and_reports_the_sync(tmp_path):
 def test_an_archive_named_with_a_climbing_path_is_refused():
     collection = make_collection()
     with pytest.raises(ValidationError):
-        services.archive_upload(user=system_user(), collection=collection, file=make_zip({"a.md": "# A"}),
-                                name="../wiki.zip", enqueue=False)  # fmt: skip
+        services.archive_upload(
+            user=system_user(), collection=collection, file=make_zip({"a.md": "# A"}), name="../wiki.zip", enqueue=False
+        )
