@@ -17,6 +17,15 @@ class CollectionAdmin(admin.ModelAdmin):
     inlines = [GrantInline]
     actions = ["reindex"]
 
+    def delete_model(self, request, obj):
+        from kb import services
+
+        services.collection_delete(user=request.user, collection=obj)  # stored files go too
+
+    def delete_queryset(self, request, queryset):
+        for collection in queryset:
+            self.delete_model(request, collection)
+
     @admin.action(description="Re-embed every document (e.g. after changing the embedding model)")
     def reindex(self, request, queryset):
         from kb import services
@@ -35,7 +44,17 @@ class DocumentAdmin(admin.ModelAdmin):
     list_display = ["source_path", "collection", "status", "chunk_count", "updated_at"]
     list_filter = ["status", "collection"]
     search_fields = ["source_path", "title"]
-    readonly_fields = ["content_hash", "status", "stage", "progress_done", "progress_total", "error", "chunk_count"]
+    readonly_fields = ["content_hash", "status", "stage", "progress_done", "progress_total", "error", "chunk_count",
+                       "batch", "source_archive", "metadata", "attempts"]  # fmt: skip
+
+    def delete_model(self, request, obj):
+        from kb import services
+
+        services.document_delete(user=request.user, document=obj)  # the stored file goes too
+
+    def delete_queryset(self, request, queryset):
+        for document in queryset:
+            self.delete_model(request, document)
 
 
 class MessageInline(admin.StackedInline):
