@@ -235,19 +235,66 @@ def document_process(*, document_id: int, reindex: bool = False) -> None:
     reindex=True processes a ready document again (kb_reindex): its old chunks stay
     searchable until the new ones replace them in one transaction.
     """
+    from ingestion.pipeline import embed_texts
+
+    prepared = _document_prepare(document_id=document_id, reindex=reindex)
+    if prepared is None:
+        return
+    total = len(prepared.texts)
+
+    def progress(done: int, _total: int) -> None:
+        if not document_mark(
+            document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", done=done, total=total
+        ):
+            raise DocumentCancelled
+
+    try:
+        vectors = embed_texts(prepared.texts, progress=progress)
+    except DocumentCancelled:
+        logger.info("document %s was cancelled while it was processed", document_id)
+        return
+    _document_store_chunks(prepared, vectors)
+
+
+def documents_process(*, document_ids: list[int], progress=None) -> None:
+    """Process several documents with one embedding pass over all their chunks (kb_ingest --inline).
+
+    Bulk ingestion of many small pages otherwise embeds a few chunks at a time; together,
+    sorted by length across documents, the batches are full and carry little padding.
+    progress(done, total) counts chunks embedded.
+    """
+    from ingestion.pipeline import embed_texts
+
+    prepared = [p for p in (_document_prepare(document_id=pk) for pk in document_ids) if p is not None]
+    vectors = embed_texts([t for p in prepared for t in p.texts], progress=progress)
+    first = 0
+    for item in prepared:
+        _document_store_chunks(item, vectors[first : first + len(item.texts)])
+        first += len(item.texts)
+
+
+@dataclass
+class _Prepared:
+    document_id: int
+    content_hash: str
+    parsed: object  # ingestion.pipeline.ParsedDocument
+    texts: list[str]  # what gets embedded: each chunk with its title and heading path
+
+
+def _document_prepare(*, document_id: int, reindex: bool = False) -> _Prepared | None:
+    """Parse and chunk a document, marking it as it goes; None if there is nothing (more) to do."""
     from ingestion.errors import IngestError
-    from ingestion.pipeline import embed_texts, embedding_text, parse_and_chunk
+    from ingestion.pipeline import embedding_text, parse_and_chunk
 
     document = Document.objects.filter(pk=document_id).first()
     if document is None:
         logger.info("document %s is gone; nothing to do", document_id)
-        return
+        return None
     if document.status in (Document.Status.READY, Document.Status.CANCELLED) and not reindex:
-        return  # a redelivered task for work already done, or work nobody wants any more
-    content_hash = document.content_hash
+        return None  # a redelivered task for work already done, or work nobody wants any more
     Document.objects.filter(pk=document_id).update(attempts=models.F("attempts") + 1)
     if not document_mark(document_id=document_id, status=Document.Status.PROCESSING, stage="parsing"):
-        return
+        return None
     try:
         with _local_file(document.file.name) as path:
             if not path.exists():
@@ -255,32 +302,23 @@ def document_process(*, document_id: int, reindex: bool = False) -> None:
             parsed = parse_and_chunk(path, source_path=document.source_path)
         if not parsed.chunks:
             raise IngestError("No text could be extracted from this file.")
-        total = len(parsed.chunks)
-        if not document_mark(
-            document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", total=total
-        ):
-            return
-
-        def progress(done: int, _total: int) -> None:
-            if not document_mark(
-                document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", done=done, total=total
-            ):
-                raise DocumentCancelled
-
-        vectors = embed_texts(
-            [embedding_text(title=parsed.title, heading_path=c.heading_path, text=c.text) for c in parsed.chunks],
-            progress=progress,
-        )
     except IngestError as exc:
         document_mark(document_id=document_id, status=Document.Status.FAILED, error=str(exc))
         logger.info("document %s failed: %s", document_id, exc)
-        return
-    except DocumentCancelled:
-        logger.info("document %s was cancelled while it was processed", document_id)
-        return
+        return None
+    texts = [embedding_text(title=parsed.title, heading_path=c.heading_path, text=c.text) for c in parsed.chunks]
+    if not document_mark(
+        document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", total=len(texts)
+    ):
+        return None
+    return _Prepared(document_id, document.content_hash, parsed, texts)
+
+
+def _document_store_chunks(prepared: _Prepared, vectors) -> None:
+    parsed = prepared.parsed
     document_replace_chunks(
-        document_id=document_id, content_hash=content_hash, title=parsed.title, chunks=parsed.chunks,
-        vectors=vectors, metadata=parsed.metadata,
+        document_id=prepared.document_id, content_hash=prepared.content_hash, title=parsed.title,
+        chunks=parsed.chunks, vectors=vectors, metadata=parsed.metadata,
     )  # fmt: skip
 
 

@@ -12,6 +12,9 @@ from tqdm import tqdm
 from kb import access, selectors, services
 from kb.models import FINISHED, Document
 
+# Documents processed together inline: one embedding pass over all their chunks.
+INLINE_GROUP = 64
+
 
 def _walk(paths: list[str]) -> list[tuple[Path, str]]:
     """(file, source path) pairs: a file by its name, a folder's files by their path inside it."""
@@ -68,8 +71,12 @@ class Command(BaseCommand):
         batch_documents = Document.objects.readable_by(operator).filter(batch=batch)
         if inline:
             pending = list(batch_documents.filter(status=Document.Status.QUEUED).values_list("pk", flat=True))
-            for document_id in tqdm(pending, desc="indexing", unit="doc", disable=quiet):
-                services.document_process(document_id=document_id)
+            bar = tqdm(total=len(pending), desc="indexing", unit="doc", disable=quiet)
+            for first in range(0, len(pending), INLINE_GROUP):
+                group = pending[first : first + INLINE_GROUP]
+                services.documents_process(document_ids=group)
+                bar.update(len(group))
+            bar.close()
         else:
             self._wait(batch_documents, quiet=quiet, timeout=timeout)
         batch.refresh_from_db()
