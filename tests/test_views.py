@@ -160,6 +160,6 @@ def test_an_upload_with_a_bad_file_reports_it_and_keeps_the_good_one(client, set
     )
     html = response.content.decode()
     assert response.status_code == 200 and html.lstrip().startswith('<section id="batches"')
-    assert response["HX-Trigger"] == "kb:documents-changed"  # the documents table refreshes itself
+    assert "kb:documents-changed" in response["HX-Trigger"]  # the documents table refreshes itself
     assert "empty.md is empty" in html
     assert list(collection.documents.values_list("source_path", flat=True)) == ["good.md"]
