@@ -17,15 +17,6 @@ class CollectionAdmin(admin.ModelAdmin):
     inlines = [GrantInline]
     actions = ["reindex"]
 
-    def delete_model(self, request, obj):
-        from kb import services
-
-        services.collection_delete(user=request.user, collection=obj)  # stored files go too
-
-    def delete_queryset(self, request, queryset):
-        for collection in queryset:
-            self.delete_model(request, collection)
-
     @admin.action(description="Re-embed every document (e.g. after changing the embedding model)")
     def reindex(self, request, queryset):
         from kb import services

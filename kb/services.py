@@ -642,17 +642,6 @@ def collection_reindex(*, user, collection: Collection, inline: bool = False, pr
     return len(ids)
 
 
-@transaction.atomic
-def collection_delete(*, user, collection: Collection) -> None:
-    """Delete a collection with its documents, chunks and stored files."""
-    if not access.can_manage(user, collection):
-        raise PermissionError("Only an owner can delete this collection.")
-    names = [n for n in Document.objects.filter(collection=collection).values_list("file", flat=True) if n]
-    collection.delete()
-    transaction.on_commit(lambda: [default_storage.delete(n) for n in names])
-    audit_logger.info("collection deleted", extra={"user": getattr(user, "pk", None), "collection": collection.name})
-
-
 # Conversations ---------------------------------------------------------------------------
 
 

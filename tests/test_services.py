@@ -153,26 +153,6 @@ def test_a_failed_upload_leaves_no_stored_file(settings, monkeypatch):
     assert {p for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()} == before
 
 
-def test_deleting_a_collection_removes_its_documents_chunks_and_files(django_capture_on_commit_callbacks):
-    import os
-
-    collection = make_collection()
-    document = add_document(collection, "backups.md", BACKUPS)
-    path = document.file.path
-    with django_capture_on_commit_callbacks(execute=True):
-        services.collection_delete(user=system_user(), collection=collection)
-    assert not Document.objects.filter(pk=document.pk).exists()
-    assert not Chunk.objects.filter(document_id=document.pk).exists()
-    assert not os.path.exists(path)
-
-
-def test_only_owners_delete_collections():
-    editor = make_user()
-    collection = make_collection(editor=[editor])
-    with pytest.raises(PermissionError):
-        services.collection_delete(user=editor, collection=collection)
-
-
 def test_documents_processed_together_match_those_processed_alone():
     import numpy as np
 
