@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ingestion import chunking, readers
 from ingestion.embeddings import Embedder, count_tokens, get_embedder
@@ -36,6 +37,7 @@ class ParsedDocument:
     title: str  # from front matter / first H1 / <title> / PDF metadata / else file stem
     text: str  # the whole extracted text
     chunks: list[ChunkData]
+    metadata: dict = field(default_factory=dict)  # {"front_matter": {...}, "links": ["other/page.md", ...]}
 
 
 def chunk_budget(embedder: Embedder) -> tuple[int, int]:
@@ -70,7 +72,33 @@ def parse_and_chunk(path: pathlib.Path, *, source_path: str, embedder: Embedder 
         for span in spans
     ]
     title = extracted.title or pathlib.PurePath(name).stem
-    return ParsedDocument(title=title, text=extracted.text, chunks=chunks)
+    metadata: dict = {}
+    if extracted.metadata:
+        metadata["front_matter"] = extracted.metadata
+    links = internal_links(extracted.links, source_path=name)
+    if links:
+        metadata["links"] = links
+    return ParsedDocument(title=title, text=extracted.text, chunks=chunks, metadata=metadata)
+
+
+MAX_LINKS = 500
+
+
+def internal_links(hrefs: list[str], *, source_path: str) -> list[str]:
+    """Relative links as source paths of the same tree (e.g. "ops/restore.md"), in order, once each."""
+    folder = posixpath.dirname(source_path)
+    found: dict[str, None] = {}
+    for href in hrefs:
+        href = href.strip().split("#", 1)[0].split("?", 1)[0]
+        if not href or ":" in href or href.startswith(("/", "//")):
+            continue  # an anchor on the same page, a URL with a scheme, or a site-absolute path
+        target = posixpath.normpath(posixpath.join(folder, href))
+        if target.startswith("..") or target == ".":
+            continue
+        found.setdefault(target, None)
+        if len(found) >= MAX_LINKS:
+            break
+    return list(found)
 
 
 def embedding_text(*, title: str, heading_path: str, text: str, embedder: Embedder | None = None) -> str:
@@ -133,10 +161,15 @@ def embed_texts(
             embedder.max_tokens,
         )
     batch_size = max(1, settings.KB_EMBED_BATCH_SIZE)
-    vectors: list[list[float]] = []
+    # Longest first, so each batch holds texts of about one length: a batch is padded to
+    # its longest text, and a section's short last chunk beside full ones wastes the rest.
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    by_position: list[list[float] | None] = [None] * len(texts)
+    done = 0
     total = len(texts)
     for first in range(0, total, batch_size):
-        batch = list(texts[first : first + batch_size])
+        positions = order[first : first + batch_size]
+        batch = [texts[i] for i in positions]
         array = np.asarray(embedder.embed(batch), dtype=np.float64)
         if array.ndim != 2 or array.shape[0] != len(batch):
             raise ImproperlyConfigured(f"The embedder returned {array.shape} for {len(batch)} texts.")
@@ -149,7 +182,9 @@ def embed_texts(
         # cosine distance in pgvector correct whatever a server was configured to do.
         norms = np.linalg.norm(array, axis=1, keepdims=True)
         array = np.divide(array, norms, out=np.zeros_like(array), where=norms > 0)
-        vectors.extend(array.tolist())
+        for position, vector in zip(positions, array.tolist(), strict=True):
+            by_position[position] = vector
+        done += len(batch)
         if progress is not None:
-            progress(len(vectors), total)
-    return vectors
+            progress(done, total)
+    return by_position  # type: ignore[return-value]  # every position is filled above

@@ -65,6 +65,8 @@ class Extracted:
     text: str
     sections: list[Section] = field(default_factory=list)
     title: str = ""  # "" when the file itself names none
+    metadata: dict = field(default_factory=dict)  # e.g. Markdown front matter
+    links: list[str] = field(default_factory=list)  # hrefs to other pages, as written
 
 
 # -- type sniffing and decoding ------------------------------------------------------------
@@ -98,9 +100,13 @@ def sniff(data: bytes, name: str) -> Kind:
 
 
 def _sniff_zip(data: bytes) -> Kind:
+    from ingestion.archives import check_container, limits_from_settings
+
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = set(archive.namelist())
+            # Before python-docx unpacks anything: a DOCX is a ZIP and can be a bomb too.
+            check_container(archive, limits_from_settings(), what="The file")
     except zipfile.BadZipFile as exc:
         raise IngestError("The file looks like a ZIP-based document but is damaged.") from exc
     if "word/document.xml" in names:
@@ -258,9 +264,11 @@ def read_markdown(text: str) -> Extracted:
     from markdown_it import MarkdownIt
 
     title = ""
+    metadata: dict = {}
     match = _FRONT_MATTER.match(text)
     if match:
-        title = _front_matter_title(match.group("yaml") or "")
+        metadata = _front_matter(match.group("yaml") or "")
+        title = _front_matter_title(metadata)
         text = text[match.end() :]
 
     tokens = MarkdownIt("commonmark").parse(text)
@@ -297,18 +305,35 @@ def read_markdown(text: str) -> Extracted:
 
     if not title:
         title = next((name for level, name, _, _ in headings if level == 1 and name), "")
-    return Extracted(text=text, sections=sections, title=title)
+    links = [
+        href
+        for token in tokens
+        for child in token.children or ()
+        if child.type == "link_open" and isinstance(href := child.attrs.get("href"), str)
+    ]
+    return Extracted(text=text, sections=sections, title=title, metadata=metadata, links=links)
 
 
-def _front_matter_title(source: str) -> str:
+def _front_matter(source: str) -> dict:
+    """Front matter as JSON-safe metadata ({} when it is not a YAML mapping)."""
+    import json
+
     import yaml
 
     try:
         meta = yaml.safe_load(source)
     except yaml.YAMLError:
         logger.info("ignoring unparseable front matter")
-        return ""
-    value = meta.get("title") if isinstance(meta, dict) else None
+        return {}
+    if not isinstance(meta, dict):
+        return {}
+    # Dates and other YAML types become strings; keys too (YAML allows any).
+    safe = json.loads(json.dumps({str(k): v for k, v in meta.items()}, default=str))
+    return safe if len(json.dumps(safe)) <= 20_000 else {}
+
+
+def _front_matter_title(meta: dict) -> str:
+    value = meta.get("title")
     return _one_line(str(value)) if isinstance(value, str | int | float) else ""
 
 
@@ -328,9 +353,14 @@ _BLOCKS = {
 
 def read_html(text: str) -> Extracted:
     """The main content of a page, its headings kept as structure."""
-    from bs4 import BeautifulSoup
+    import warnings
 
-    soup = BeautifulSoup(text, "lxml")
+    from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
+
+    with warnings.catch_warnings():
+        # XHTML pages (DocBook and MkDocs exports) parse well as HTML; bs4 warns on every one.
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+        soup = BeautifulSoup(text, "lxml")
     page_title = _one_line(soup.title.get_text()) if soup.title else ""
     articles = soup.find_all("article")
     root = soup.find("main") or soup.find(attrs={"role": "main"}) or (articles[0] if len(articles) == 1 else None)
@@ -348,9 +378,11 @@ def read_html(text: str) -> Extracted:
         for tag in root.find_all("footer"):
             tag.decompose()
 
+    links = [a["href"] for a in root.find_all("a", href=True) if isinstance(a["href"], str)]
     walker = _HtmlWalker()
     walker.walk(root)
     extracted = walker.finish()
+    extracted.links = links
     h1 = next((t for t in (_one_line(h.get_text(" ")) for h in root.find_all("h1")) if t), "")
     extracted.title = h1 or page_title
     return extracted

@@ -42,3 +42,19 @@ def ingest_document(self, document_id: int) -> None:
             error=f"Processing stopped on an unexpected error ({type(exc).__name__}); the worker log has details.",
         )
         raise
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    retry_backoff_max=300,
+    max_retries=5,
+)
+def reindex_document(self, document_id: int) -> None:
+    """Embed one ready document again; its old chunks serve searches until the new ones replace them."""
+    from kb import services
+
+    services.document_process(document_id=document_id, reindex=True)

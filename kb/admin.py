@@ -1,4 +1,5 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
 from kb import services
 from kb.models import ApiToken, AuditEvent, Collection, CollectionGrant, Conversation, Document, Feedback, Message
@@ -50,6 +51,19 @@ class CollectionAdmin(StaffAdmin):
     list_filter = ["open_to_all"]
     search_fields = ["name"]
     inlines = [GrantInline]
+    actions = ["reindex"]
+
+    @admin.action(description="Re-embed every document (e.g. after changing the embedding model)")
+    def reindex(self, request, queryset):
+        from kb import services
+
+        for collection in queryset:
+            try:
+                count = services.collection_reindex(user=request.user, collection=collection)
+            except (PermissionError, ValidationError) as exc:
+                self.message_user(request, f"{collection}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{collection}: {count} document(s) queued for re-embedding.")
 
     def save_formset(self, request, form, formset, change):
         super().save_formset(request, form, formset, change)
@@ -80,7 +94,17 @@ class DocumentAdmin(StaffAdmin):
     list_display = ["source_path", "collection", "status", "chunk_count", "updated_at"]
     list_filter = ["status", "collection"]
     search_fields = ["source_path", "title"]
-    readonly_fields = ["content_hash", "status", "stage", "progress_done", "progress_total", "error", "chunk_count"]
+    readonly_fields = ["content_hash", "status", "stage", "progress_done", "progress_total", "error", "chunk_count",
+                       "batch", "source_archive", "metadata", "attempts"]  # fmt: skip
+
+    def delete_model(self, request, obj):
+        from kb import services
+
+        services.document_delete(user=request.user, document=obj)  # the stored file goes too
+
+    def delete_queryset(self, request, queryset):
+        for document in queryset:
+            self.delete_model(request, document)
 
 
 class MessageInline(admin.StackedInline):

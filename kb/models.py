@@ -84,12 +84,33 @@ class DocumentQuerySet(models.QuerySet):
         return self.filter(collection_id__in=access.readable_collection_ids(user))
 
 
+class UploadBatch(models.Model):
+    """Files added together (a browser upload, an archive, a kb_ingest run): one progress bar, one cancel."""
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="batches")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    label = models.CharField(max_length=300, blank=True)  # "3 files", "wiki.zip"
+    # What the upload itself decided: {"created", "updated", "unchanged", "removed", "refused", "errors": [...]}
+    summary = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.label or f"Batch {self.pk}"
+
+
 class Document(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         PROCESSING = "processing", "Processing"
         READY = "ready", "Ready"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
 
     collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="documents")
     title = models.CharField(max_length=500)
@@ -105,6 +126,14 @@ class Document(models.Model):
     progress_total = models.IntegerField(default=0)
     error = models.TextField(blank=True)
     chunk_count = models.IntegerField(default=0)
+    # The upload this version came in with; an archive's documents share it.
+    batch = models.ForeignKey(UploadBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="documents")
+    # The archive a document came from ("" for a single file): re-uploading it removes vanished pages.
+    source_archive = models.CharField(max_length=300, blank=True)
+    # Front matter, folder breadcrumb and links to other pages, as the reader found them.
+    metadata = models.JSONField(default=dict, blank=True)
+    # Times processing started for this version: a stale job is re-queued once, then failed.
+    attempts = models.IntegerField(default=0)
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -125,7 +154,19 @@ class Document(models.Model):
 
     @property
     def is_finished(self) -> bool:
-        return self.status in (self.Status.READY, self.Status.FAILED)
+        return self.status in FINISHED
+
+    @property
+    def breadcrumb(self) -> list[str]:
+        """The folders above the document in its upload (a folder or an archive), outermost first."""
+        return self.source_path.split("/")[:-1]
+
+    @property
+    def filename(self) -> str:
+        return self.source_path.rsplit("/", 1)[-1]
+
+
+FINISHED = (Document.Status.READY, Document.Status.FAILED, Document.Status.CANCELLED)
 
 
 class ChunkQuerySet(models.QuerySet):

@@ -3,11 +3,16 @@ first and is scoped by kb.access; what the user may not see is a 404, never a 40
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.conf import settings
+from django.db.models import Count, Q, Sum
 from django.http import Http404
+from django.utils import timezone
 
 from kb import access
 from kb.models import (
+    FINISHED,
     ApiToken,
     AuditEvent,
     Chunk,
@@ -18,6 +23,7 @@ from kb.models import (
     Feedback,
     Message,
     Role,
+    UploadBatch,
 )
 
 
@@ -56,6 +62,77 @@ def document_get(*, user, pk: int) -> Document:
         return Document.objects.readable_by(user).select_related("collection").get(pk=pk)
     except (Document.DoesNotExist, ValueError, TypeError):
         raise Http404("No such document.") from None
+
+
+def batch_get(*, user, pk: int, minimum: Role = Role.VIEWER) -> UploadBatch:
+    """The upload batch if the user holds at least `minimum` on its collection, else 404."""
+    try:
+        return UploadBatch.objects.select_related("collection").get(
+            pk=pk, collection_id__in=access.collection_ids_with_role(user, minimum)
+        )
+    except (UploadBatch.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such upload.") from None
+
+
+def batch_recent(*, user, collection: Collection, limit: int = 3) -> list[UploadBatch]:
+    return list(UploadBatch.objects.filter(collection__in=collection_list(user=user), collection=collection)[:limit])
+
+
+@dataclass
+class BatchProgress:
+    total: int
+    queued: int
+    processing: int
+    ready: int
+    failed: int
+    cancelled: int
+    fraction: float  # 0..1, counting the embedded share of documents in progress
+    eta_seconds: int | None  # None until there is a rate to extrapolate from
+
+    @property
+    def finished(self) -> int:
+        return self.ready + self.failed + self.cancelled
+
+    @property
+    def done(self) -> bool:
+        return self.finished == self.total
+
+    @property
+    def percent(self) -> int:
+        return int(self.fraction * 100)
+
+
+def batch_progress(*, batch: UploadBatch) -> BatchProgress:
+    """Where a batch stands: counts per status, the share done, and the time left at the rate so far."""
+    documents = Document.objects.filter(batch=batch)
+    counts = documents.aggregate(
+        total=Count("pk"),
+        **{s.value: Count("pk", filter=Q(status=s)) for s in Document.Status},
+        done=Sum("progress_done", filter=Q(status=Document.Status.PROCESSING, progress_total__gt=0)),
+        of=Sum("progress_total", filter=Q(status=Document.Status.PROCESSING, progress_total__gt=0)),
+    )
+    total = counts["total"]
+    finished = sum(counts[s] for s in FINISHED)
+    # Documents in progress count by their embedded share (chunks done / chunks in the document).
+    partial = 0.0
+    if counts["of"]:
+        partial = counts["processing"] * counts["done"] / counts["of"]
+    fraction = min(1.0, (finished + partial) / total) if total else 1.0
+    eta = None
+    elapsed = (timezone.now() - batch.created_at).total_seconds()
+    if 0 < fraction < 1 and elapsed > 1:
+        eta = int(elapsed * (1 - fraction) / fraction)
+    return BatchProgress(
+        total=total, queued=counts["queued"], processing=counts["processing"], ready=counts["ready"],
+        failed=counts["failed"], cancelled=counts["cancelled"], fraction=fraction, eta_seconds=eta,
+    )  # fmt: skip
+
+
+def batch_documents(*, batch: UploadBatch, limit: int = 200):
+    """The batch's documents, unfinished first, then failed, then the rest."""
+    order = {Document.Status.PROCESSING: 0, Document.Status.QUEUED: 1, Document.Status.FAILED: 2}
+    documents = list(Document.objects.filter(batch=batch)[:limit])
+    return sorted(documents, key=lambda d: (order.get(d.status, 3), d.source_path))
 
 
 def chunks_readable_by(*, user):

@@ -18,11 +18,12 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from kb import access, answering, retrieval, selectors
 from kb.models import (
+    FINISHED,
     ApiToken,
     AuditEvent,
     Chunk,
@@ -33,9 +34,11 @@ from kb.models import (
     Feedback,
     Message,
     Role,
+    UploadBatch,
 )
 
 logger = logging.getLogger(__name__)
+# Hook for the audit log (issue 4): ingestion events are logged here with who and what.
 
 
 # Audit -----------------------------------------------------------------------------------
@@ -212,7 +215,16 @@ def _title_from(source_path: str) -> str:
     return PurePosixPath(source_path).stem.replace("_", " ").replace("-", " ").strip() or source_path
 
 
-def document_upload(*, user, collection: Collection, file, source_path: str, enqueue: bool = True) -> UploadOutcome:
+def document_upload(
+    *,
+    user,
+    collection: Collection,
+    file,
+    source_path: str,
+    enqueue: bool = True,
+    batch: UploadBatch | None = None,
+    source_archive: str = "",
+) -> UploadOutcome:
     """Store an uploaded file as a document of the collection and queue it for ingestion.
 
     The same content again (under the same path, or any path of the collection) is
@@ -239,11 +251,15 @@ def document_upload(*, user, collection: Collection, file, source_path: str, enq
 
     with transaction.atomic():
         existing = Document.objects.select_for_update().filter(collection=collection, source_path=source_path).first()
-        if existing and existing.content_hash == content_hash and existing.status != Document.Status.FAILED:
+        redo = (Document.Status.FAILED, Document.Status.CANCELLED)
+        if existing and existing.content_hash == content_hash and existing.status not in redo:
+            if source_archive and existing.source_archive != source_archive:
+                existing.source_archive = source_archive  # now also listed by this archive: synced with it
+                existing.save(update_fields=["source_archive"])
             return UploadOutcome(existing, "unchanged")
         if existing is None:
             twin = Document.objects.filter(collection=collection, content_hash=content_hash).first()
-            if twin is not None and twin.status != Document.Status.FAILED:
+            if twin is not None and twin.status not in redo:
                 return UploadOutcome(twin, "unchanged")
         suffix = PurePosixPath(source_path).suffix.lower()[:16]
         # Generated names: nothing a user typed becomes a path on disk.
@@ -251,7 +267,8 @@ def document_upload(*, user, collection: Collection, file, source_path: str, enq
         try:
             document, outcome = _document_store(
                 user=user, collection=collection, existing=existing, source_path=source_path,
-                content_hash=content_hash, stored_name=stored_name, size=size,
+                content_hash=content_hash, stored_name=stored_name, size=size, batch=batch,
+                source_archive=source_archive,
             )  # fmt: skip
         except BaseException:
             default_storage.delete(stored_name)  # the row never pointed at it: leave no orphan
@@ -266,8 +283,9 @@ def document_upload(*, user, collection: Collection, file, source_path: str, enq
 
 
 def _document_store(
-    *, user, collection, existing, source_path: str, content_hash: str, stored_name: str, size: int
-) -> tuple[Document, str]:
+    *, user, collection, existing, source_path: str, content_hash: str, stored_name: str, size: int,
+    batch: UploadBatch | None, source_archive: str,
+) -> tuple[Document, str]:  # fmt: skip
     uploader = user if getattr(user, "is_authenticated", False) else None
     if existing is None:
         document = Document.objects.create(
@@ -278,6 +296,8 @@ def _document_store(
             file=stored_name,
             size=size,
             uploaded_by=uploader,
+            batch=batch,
+            source_archive=source_archive,
         )
         return document, "created"
     old_file = existing.file.name
@@ -285,6 +305,10 @@ def _document_store(
     existing.file = stored_name
     existing.size = size
     existing.uploaded_by = uploader
+    existing.batch = batch
+    existing.attempts = 0
+    if source_archive:
+        existing.source_archive = source_archive
     _set_status(existing, Document.Status.QUEUED, stage="", done=0, total=0, error="")
     existing.save()
     if old_file and old_file != stored_name:
@@ -308,26 +332,95 @@ def _set_status(document: Document, status: str, *, stage: str, done: int, total
 
 def document_mark(
     *, document_id: int, status: str, stage: str = "", done: int = 0, total: int = 0, error: str = ""
-) -> None:
-    """Record a document's state and progress (used by the worker while it runs)."""
-    Document.objects.filter(pk=document_id).update(
-        status=status, stage=stage, progress_done=done, progress_total=total, error=error, updated_at=timezone.now()
+) -> bool:
+    """Record a document's state and progress (used by the worker while it runs); False if it was cancelled.
+
+    Each mark also refreshes updated_at, the heartbeat that stale-job detection reads.
+    """
+    return bool(
+        Document.objects.filter(pk=document_id)
+        .exclude(status=Document.Status.CANCELLED)
+        .update(
+            status=status,
+            stage=stage,
+            progress_done=done,
+            progress_total=total,
+            error=error,
+            updated_at=timezone.now(),
+        )  # fmt: skip
     )
 
 
-def document_process(*, document_id: int) -> None:
-    """Parse, chunk, embed and store one document; idempotent, safe to run twice."""
+class DocumentCancelled(Exception):
+    """The document's batch was cancelled while the worker processed it."""
+
+
+def document_process(*, document_id: int, reindex: bool = False) -> None:
+    """Parse, chunk, embed and store one document; idempotent, safe to run twice.
+
+    reindex=True processes a ready document again (kb_reindex): its old chunks stay
+    searchable until the new ones replace them in one transaction.
+    """
+    from ingestion.pipeline import embed_texts
+
+    prepared = _document_prepare(document_id=document_id, reindex=reindex)
+    if prepared is None:
+        return
+    total = len(prepared.texts)
+
+    def progress(done: int, _total: int) -> None:
+        if not document_mark(
+            document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", done=done, total=total
+        ):
+            raise DocumentCancelled
+
+    try:
+        vectors = embed_texts(prepared.texts, progress=progress)
+    except DocumentCancelled:
+        logger.info("document %s was cancelled while it was processed", document_id)
+        return
+    _document_store_chunks(prepared, vectors)
+
+
+def documents_process(*, document_ids: list[int], progress=None) -> None:
+    """Process several documents with one embedding pass over all their chunks (kb_ingest --inline).
+
+    Bulk ingestion of many small pages otherwise embeds a few chunks at a time; together,
+    sorted by length across documents, the batches are full and carry little padding.
+    progress(done, total) counts chunks embedded.
+    """
+    from ingestion.pipeline import embed_texts
+
+    prepared = [p for p in (_document_prepare(document_id=pk) for pk in document_ids) if p is not None]
+    vectors = embed_texts([t for p in prepared for t in p.texts], progress=progress)
+    first = 0
+    for item in prepared:
+        _document_store_chunks(item, vectors[first : first + len(item.texts)])
+        first += len(item.texts)
+
+
+@dataclass
+class _Prepared:
+    document_id: int
+    content_hash: str
+    parsed: object  # ingestion.pipeline.ParsedDocument
+    texts: list[str]  # what gets embedded: each chunk with its title and heading path
+
+
+def _document_prepare(*, document_id: int, reindex: bool = False) -> _Prepared | None:
+    """Parse and chunk a document, marking it as it goes; None if there is nothing (more) to do."""
     from ingestion.errors import IngestError
-    from ingestion.pipeline import embed_texts, embedding_text, parse_and_chunk
+    from ingestion.pipeline import embedding_text, parse_and_chunk
 
     document = Document.objects.filter(pk=document_id).first()
     if document is None:
         logger.info("document %s is gone; nothing to do", document_id)
-        return
-    if document.status == Document.Status.READY:
-        return  # a redelivered task for work already done
-    content_hash = document.content_hash
-    document_mark(document_id=document_id, status=Document.Status.PROCESSING, stage="parsing")
+        return None
+    if document.status in (Document.Status.READY, Document.Status.CANCELLED) and not reindex:
+        return None  # a redelivered task for work already done, or work nobody wants any more
+    Document.objects.filter(pk=document_id).update(attempts=models.F("attempts") + 1)
+    if not document_mark(document_id=document_id, status=Document.Status.PROCESSING, stage="parsing"):
+        return None
     try:
         with _local_file(document.file.name) as path:
             if not path.exists():
@@ -335,25 +428,24 @@ def document_process(*, document_id: int) -> None:
             parsed = parse_and_chunk(path, source_path=document.source_path)
         if not parsed.chunks:
             raise IngestError("No text could be extracted from this file.")
-        total = len(parsed.chunks)
-        document_mark(document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", total=total)
-
-        def progress(done: int, _total: int) -> None:
-            document_mark(
-                document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", done=done, total=total
-            )
-
-        vectors = embed_texts(
-            [embedding_text(title=parsed.title, heading_path=c.heading_path, text=c.text) for c in parsed.chunks],
-            progress=progress,
-        )
     except IngestError as exc:
         document_mark(document_id=document_id, status=Document.Status.FAILED, error=str(exc))
         logger.info("document %s failed: %s", document_id, exc)
-        return
+        return None
+    texts = [embedding_text(title=parsed.title, heading_path=c.heading_path, text=c.text) for c in parsed.chunks]
+    if not document_mark(
+        document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", total=len(texts)
+    ):
+        return None
+    return _Prepared(document_id, document.content_hash, parsed, texts)
+
+
+def _document_store_chunks(prepared: _Prepared, vectors) -> None:
+    parsed = prepared.parsed
     document_replace_chunks(
-        document_id=document_id, content_hash=content_hash, title=parsed.title, chunks=parsed.chunks, vectors=vectors
-    )
+        document_id=prepared.document_id, content_hash=prepared.content_hash, title=parsed.title,
+        chunks=parsed.chunks, vectors=vectors, metadata=parsed.metadata,
+    )  # fmt: skip
 
 
 @contextmanager
@@ -371,11 +463,13 @@ def _local_file(name: str) -> Iterator[Path]:
 
 
 @transaction.atomic
-def document_replace_chunks(*, document_id: int, content_hash: str, title: str, chunks, vectors) -> bool:
+def document_replace_chunks(
+    *, document_id: int, content_hash: str, title: str, chunks, vectors, metadata: dict | None = None
+) -> bool:
     """Swap a document's chunks for new ones in one transaction; False if the work is stale."""
     document = Document.objects.select_for_update().filter(pk=document_id).first()
-    if document is None or document.content_hash != content_hash:
-        # Deleted, or re-uploaded while we worked: the newer version's task will store it.
+    if document is None or document.content_hash != content_hash or document.status == Document.Status.CANCELLED:
+        # Deleted, re-uploaded while we worked (the newer version's task will store it), or cancelled.
         return False
     Chunk.objects.filter(document=document).delete()
     Chunk.objects.bulk_create(
@@ -397,6 +491,8 @@ def document_replace_chunks(*, document_id: int, content_hash: str, title: str, 
     )
     if title:
         document.title = title[:500]
+    if metadata is not None:
+        document.metadata = metadata
     document.chunk_count = len(chunks)
     _set_status(document, Document.Status.READY, stage="", done=len(chunks), total=len(chunks), error="")
     document.save()
@@ -415,6 +511,265 @@ def document_delete(*, user, document: Document) -> None:
     )  # fmt: skip
     document.delete()
     transaction.on_commit(lambda: default_storage.delete(name))
+
+
+# Upload batches and archives -------------------------------------------------------------
+
+
+def _empty_summary() -> dict:
+    return {"files": 0, "created": 0, "updated": 0, "unchanged": 0, "removed": 0, "refused": 0, "ignored": 0,
+            "errors": [], "removed_paths": []}  # fmt: skip
+
+
+def batch_create(*, user, collection: Collection, label: str = "") -> UploadBatch:
+    """Open a batch for files uploaded together: one progress bar and one cancel for all of them."""
+    if not access.can_edit(user, collection):
+        raise PermissionError("You cannot add documents to this collection.")
+    creator = user if getattr(user, "is_authenticated", False) else None
+    return UploadBatch.objects.create(collection=collection, created_by=creator, label=label[:300],
+                                      summary=_empty_summary())  # fmt: skip
+
+
+def batch_upload(*, user, collection: Collection, files: list) -> dict:
+    """Add files uploaded together (documents and ZIP archives of pages) as one batch; returns its summary."""
+    label = files[0].name if len(files) == 1 else f"{len(files)} files"
+    batch = batch_create(user=user, collection=collection, label=label)
+    for upload in files:
+        batch_add_file(user=user, batch=batch, file=upload, name=upload.name)
+    return batch.summary
+
+
+def _is_archive(file) -> bool:
+    """A ZIP that is a tree of pages, told by content: Office files are ZIPs too, but one document each."""
+    import zipfile
+
+    from ingestion.archives import is_document_package
+
+    file.seek(0)
+    head = file.read(4)
+    file.seek(0)
+    if head != b"PK\x03\x04":
+        return False
+    try:
+        with zipfile.ZipFile(file) as archive:
+            return not is_document_package(archive)
+    except zipfile.BadZipFile:
+        return False  # the reader names the damage on the document
+    finally:
+        file.seek(0)
+
+
+def batch_add_file(*, user, batch: UploadBatch, file, name: str, enqueue: bool = True) -> dict:
+    """Add one uploaded file (a document, or a ZIP of pages) to a batch; returns the batch's summary.
+
+    Refusals (empty, too large, unsafe) are recorded in the summary with their reason; the
+    rest of the batch goes on.
+    """
+    summary = {**_empty_summary(), **batch.summary}
+    summary["files"] += 1
+    try:
+        if _is_archive(file):
+            archive_summary = archive_upload(
+                user=user, collection=batch.collection, file=file, name=name, batch=batch, enqueue=enqueue
+            )
+            for key in ("created", "updated", "unchanged", "removed", "refused", "ignored"):
+                summary[key] += archive_summary[key]
+            summary["errors"].extend(archive_summary["errors"])
+            summary["removed_paths"].extend(archive_summary["removed_paths"])
+        else:
+            outcome = document_upload(
+                user=user, collection=batch.collection, file=file, source_path=name, enqueue=enqueue, batch=batch
+            )
+            summary[outcome.outcome] += 1
+    except ValidationError as exc:
+        summary["refused"] += 1
+        summary["errors"].append({"source": name, "reason": " ".join(exc.messages)})
+    batch.summary = summary
+    batch.save(update_fields=["summary"])
+    return summary
+
+
+def archive_upload(
+    *, user, collection: Collection, file, name: str, batch: UploadBatch | None = None, enqueue: bool = True
+) -> dict:
+    """Sync a ZIP of pages (a wiki export) into the collection.
+
+    Each page becomes a document whose source path is its path inside the archive. Against
+    the previous upload of an archive of the same name: new pages are added, changed ones
+    replaced, unchanged ones cost nothing, and pages that vanished from it are removed.
+    Unsafe members (absolute or '..' paths, encrypted, too large) are refused one by one;
+    an archive past the limits (member count, unpacked size, compression ratio) is refused whole.
+    """
+    import zipfile
+
+    from ingestion.archives import limits_from_settings, pages
+    from ingestion.errors import IngestError
+
+    if not access.can_edit(user, collection):
+        raise PermissionError("You cannot add documents to this collection.")
+    archive_name = _clean_source_path(name)
+    summary = _empty_summary()
+    try:
+        archive = zipfile.ZipFile(file)
+    except zipfile.BadZipFile as exc:
+        raise ValidationError(f"{archive_name} is a damaged ZIP archive.") from exc
+    with archive:
+        try:
+            found = pages(archive, limits_from_settings())
+        except IngestError as exc:
+            raise ValidationError(f"{archive_name}: {exc}") from exc
+        summary["ignored"] = found.ignored
+        for member_name, reason in found.refused:
+            summary["refused"] += 1
+            summary["errors"].append({"source": member_name, "reason": reason})
+        for member in found.members:
+            with tempfile.SpooledTemporaryFile(max_size=8 << 20) as data:
+                try:
+                    with archive.open(member.info) as source:
+                        shutil.copyfileobj(source, data, 1 << 20)
+                except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
+                    # CRC mismatch, damaged data or an unsupported compression method
+                    summary["refused"] += 1
+                    summary["errors"].append({"source": member.path, "reason": f"Damaged inside the archive ({exc})."})
+                    continue
+                try:
+                    outcome = document_upload(
+                        user=user, collection=collection, file=data, source_path=member.path,
+                        enqueue=enqueue, batch=batch, source_archive=archive_name,
+                    )  # fmt: skip
+                except ValidationError as exc:
+                    summary["refused"] += 1
+                    summary["errors"].append({"source": member.path, "reason": " ".join(exc.messages)})
+                    continue
+            summary[outcome.outcome] += 1
+    summary["removed_paths"] = documents_remove_vanished(
+        user=user, collection=collection, archive_name=archive_name, present=found.listed
+    )
+    summary["removed"] = len(summary["removed_paths"])
+    counts = {k: v for k, v in summary.items() if k not in ("errors", "removed_paths")}
+    audit_record(
+        actor=user, action="archive.sync", collection=collection, target=archive_name,
+        counts=counts, removed_paths=summary["removed_paths"][:200],
+    )  # fmt: skip
+    return summary
+
+
+@transaction.atomic
+def documents_remove_vanished(*, user, collection: Collection, archive_name: str, present: set[str]) -> list[str]:
+    """Delete the archive's documents whose pages are no longer in it; their chunks and files go too."""
+    if not access.can_edit(user, collection):
+        raise PermissionError("You cannot remove documents of this collection.")
+    vanished = list(
+        Document.objects.filter(collection=collection, source_archive=archive_name).exclude(source_path__in=present)
+    )
+    names = [d.file.name for d in vanished]
+    Document.objects.filter(pk__in=[d.pk for d in vanished]).delete()
+    transaction.on_commit(lambda: [default_storage.delete(n) for n in names if n])
+    return sorted(d.source_path for d in vanished)
+
+
+@transaction.atomic
+def batch_cancel(*, user, batch: UploadBatch) -> int:
+    """Cancel what a batch has not finished; returns how many documents were cancelled.
+
+    A worker in the middle of one sees it at its next progress mark and stops without
+    storing anything; a document being replaced keeps its previous version searchable.
+    """
+    if not access.can_edit(user, batch.collection):
+        raise PermissionError("You cannot cancel uploads in this collection.")
+    who = getattr(user, "username", "") or "an editor"
+    cancelled = Document.objects.filter(batch=batch).exclude(status__in=FINISHED).update(
+        status=Document.Status.CANCELLED, stage="", error=f"Cancelled by {who} before it finished.",
+        updated_at=timezone.now(),
+    )  # fmt: skip
+    batch.cancelled_at = timezone.now()
+    batch.save(update_fields=["cancelled_at"])
+    audit_record(
+        actor=user, action="batch.cancel", collection=batch.collection, target=f"upload batch {batch.pk}",
+        cancelled=cancelled,
+    )  # fmt: skip
+    return cancelled
+
+
+def documents_recover_stale(*, collection_ids=None) -> dict:
+    """Re-queue (once) or fail documents whose processing stopped without a word.
+
+    A working task refreshes updated_at at every progress mark; one silent for longer than
+    KB_STALE_SECONDS has died without Celery redelivering it (e.g. Redis lost the message).
+    Called on read by the progress views, so no scheduler is needed.
+    """
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.KB_STALE_SECONDS)
+    result = {"requeued": 0, "failed": 0}
+    with transaction.atomic():
+        stale = Document.objects.select_for_update(skip_locked=True).filter(
+            status=Document.Status.PROCESSING, updated_at__lt=cutoff
+        )
+        if collection_ids is not None:
+            stale = stale.filter(collection_id__in=collection_ids)
+        for document in stale:
+            if document.attempts < settings.KB_MAX_ATTEMPTS:
+                _set_status(document, Document.Status.QUEUED, stage="", done=0, total=0, error="")
+                document.save()
+                _enqueue_ingest(document)
+                result["requeued"] += 1
+            else:
+                _set_status(document, Document.Status.FAILED, stage="", done=0, total=0, error=(
+                    f"Processing stopped without finishing {document.attempts} times (the worker may have "
+                    "crashed or run out of memory); upload the file again or ask an administrator."
+                ))  # fmt: skip
+                document.save()
+                result["failed"] += 1
+    if result["requeued"] or result["failed"]:
+        logger.warning("stale documents: %s", result)
+    return result
+
+
+def _stored_embedding_dimension() -> int:
+    """The N of the database's vector(N) chunk column (pgvector keeps it as the type modifier)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT atttypmod FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'embedding'",
+            [Chunk._meta.db_table],
+        )
+        return cursor.fetchone()[0]
+
+
+def collection_reindex(*, user, collection: Collection, inline: bool = False, progress=None) -> int:
+    """Embed every document of the collection again (e.g. after changing the embedding model).
+
+    Each document's old chunks stay searchable until its new ones replace them in one
+    transaction, so search keeps working throughout. Returns the number of documents.
+    """
+    if not access.can_edit(user, collection):
+        raise PermissionError("You cannot re-index this collection.")
+    stored = _stored_embedding_dimension()
+    if stored != settings.KB_EMBED_DIM:
+        # Same-dimension models only, for now: chunk vectors live in one typed vector(N)
+        # column with one HNSW index, shared by every collection. A model of another size
+        # needs a second column (or an untyped one with per-dimension expression indexes)
+        # and retrieval that embeds each query with the model of each collection.
+        raise ValidationError(
+            f"The chunk table holds {stored}-dimensional vectors but KB_EMBED_DIM is {settings.KB_EMBED_DIM}; "
+            "re-embedding into another dimension is not supported yet. Use a model of the same dimension."
+        )
+    ids = list(
+        Document.objects.filter(collection=collection, status=Document.Status.READY).values_list("pk", flat=True)
+    )
+    audit_record(
+        actor=user, action="collection.reindex", collection=collection, target=collection.name, documents=len(ids)
+    )
+    for n, document_id in enumerate(ids, start=1):
+        if inline:
+            document_process(document_id=document_id, reindex=True)
+        else:
+            from ingestion.tasks import reindex_document
+
+            reindex_document.delay(document_id)
+        if progress is not None:
+            progress(n, len(ids))
+    return len(ids)
 
 
 # Conversations ---------------------------------------------------------------------------

@@ -137,6 +137,15 @@ MEDIA_URL = None  # uploads are only served through the access-checked download 
 # Uploads
 KB_MAX_UPLOAD_MB = env.int("KB_MAX_UPLOAD_MB", default=50)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# A browser batch may hold many files (Django's default refuses more than 100 in one request).
+DATA_UPLOAD_MAX_NUMBER_FILES = env.int("KB_MAX_FILES_PER_UPLOAD", default=1000)
+# ZIP archives (and DOCX files, which are ZIPs): refused past these, before anything is unpacked.
+KB_ARCHIVE_MAX_MEMBERS = env.int("KB_ARCHIVE_MAX_MEMBERS", default=20000)
+KB_ARCHIVE_MAX_TOTAL_MB = env.int("KB_ARCHIVE_MAX_TOTAL_MB", default=2048)
+KB_ARCHIVE_MAX_RATIO = env.int("KB_ARCHIVE_MAX_RATIO", default=100)
+# A document silent in "processing" this long is re-queued (up to KB_MAX_ATTEMPTS runs), then failed.
+KB_STALE_SECONDS = env.int("KB_STALE_SECONDS", default=1800)
+KB_MAX_ATTEMPTS = env.int("KB_MAX_ATTEMPTS", default=2)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
 # Embeddings: a local sentence-transformers folder (default: the model shipped in

@@ -16,6 +16,7 @@ urlpatterns = [
     path("collections/<int:pk>/", pages.collection_detail, name="collection_detail"),
     path("collections/<int:pk>/upload/", pages.document_upload, name="document_upload"),
     path("collections/<int:pk>/ask/", ask.collection_ask, name="collection_ask"),
+    path("batches/<int:pk>/cancel/", pages.batch_cancel, name="batch_cancel"),
     path("documents/<int:pk>/", pages.document_detail, name="document_detail"),
     path("documents/<int:pk>/download/", pages.document_download, name="document_download"),
     path("documents/<int:pk>/delete/", pages.document_delete, name="document_delete"),

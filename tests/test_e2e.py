@@ -110,3 +110,58 @@ def test_upload_ingest_ask_stream_and_follow_a_citation(
         response = page.goto(url)
         assert response.status == 404, url
     expect(page.locator("body")).not_to_contain_text("backup")
+
+
+RECORD_BATCH = """
+window.kbBatch = [];
+document.addEventListener("htmx:afterSettle", () => {
+  const bar = document.querySelector("#batches progress.batch-progress");
+  const eta = document.querySelector("#batches .batch-eta");
+  if (bar) window.kbBatch.push({value: Number(bar.value), eta: eta ? eta.textContent.trim() : ""});
+});
+"""
+
+DROP_FILES = """
+([files]) => {
+  const transfer = new DataTransfer();
+  for (const [name, text] of files) transfer.items.add(new File([text], name, {type: "text/markdown"}));
+  const zone = document.querySelector("[data-dropzone]");
+  zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+  zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+  return document.querySelector("[data-dropzone] input[type=file]").files.length;
+}
+"""
+
+
+def test_dropped_files_upload_as_one_batch_with_live_progress_to_ready(
+    page, web_server, celery_worker_process, tmp_path
+):
+    from kb import services
+    from tests.test_tasks import long_document
+
+    admin = User.objects.create_superuser("admin", password=PASSWORD)
+    collection = services.collection_create(user=admin, name="Runbooks")
+    sign_in(page, web_server, "admin")
+    page.add_init_script(RECORD_BATCH)
+    page.goto(f"{web_server}/collections/{collection.pk}/")
+
+    files = [[f"runbook-{n}.md", f"# Runbook {n}\n\n" + long_document(12)] for n in range(3)]
+    assert page.evaluate(DROP_FILES, [files]) == 3
+    expect(page.locator("[data-dropzone-count]")).to_have_text("3 file(s) chosen")
+    page.get_by_role("button", name="Upload", exact=True).click()
+
+    counts = page.locator("#batches .batch-counts")
+    expect(counts).to_contain_text("of 3 ready")
+    expect(page.locator("#batches .batch-done")).to_have_text("Done.", timeout=240_000)
+    expect(counts).to_have_text("3 of 3 ready")
+    expect(page.locator("#batches")).not_to_have_attribute("hx-trigger", re.compile("."))  # polling stopped
+    expect(page.locator("#documents .badge-ready")).to_have_count(3, timeout=10_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "batch.png"), full_page=True)
+
+    seen = page.evaluate("window.kbBatch")
+    partial = [s for s in seen if 0 < s["value"] < 100]
+    assert partial, f"the progress bar should move through intermediate values: {seen}"
+    assert any(s["eta"].endswith("left") for s in seen), seen
+    values = [s["value"] for s in seen]
+    assert values == sorted(values), "progress never goes backwards"

@@ -151,3 +151,24 @@ def test_a_failed_upload_leaves_no_stored_file(settings, monkeypatch):
     with pytest.raises(RuntimeError):
         _upload(collection, "notes.md", "# Notes\n\nSome text.")
     assert {p for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()} == before
+
+
+def test_documents_processed_together_match_those_processed_alone():
+    import numpy as np
+
+    collection = make_collection()
+    alone = add_document(collection, "backups.md", BACKUPS)
+    other = make_collection()
+    together = [
+        _upload(other, "backups.md", BACKUPS).document,
+        _upload(other, "bad.md", "\x00\x01 binary \x00" * 50).document,
+        _upload(other, "short.md", "# Short\n\nOne line.").document,
+    ]
+    services.documents_process(document_ids=[d.pk for d in together])
+
+    statuses = {d.source_path: d.status for d in Document.objects.filter(collection=other)}
+    assert statuses == {"backups.md": "ready", "bad.md": "failed", "short.md": "ready"}
+    expected = list(alone.chunks.order_by("ordinal"))
+    got = list(Chunk.objects.filter(document=together[0]).order_by("ordinal"))
+    assert [c.text for c in got] == [c.text for c in expected]
+    assert np.allclose([c.embedding for c in got], [c.embedding for c in expected], atol=1e-5)

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from kb import services
-from kb.models import Conversation, Message, Role
+from kb.models import Conversation, Message, Role, UploadBatch
 from tests.factories import add_document, make_collection, make_group, make_user
 
 pytestmark = pytest.mark.django_db
@@ -50,6 +50,7 @@ EXPECTED = {
     "document_detail": ("get", ["document"], None, READ),
     "document_download": ("get", ["document"], None, READ),
     "document_delete": ("post", ["document"], {}, EDIT),
+    "batch_cancel": ("post", ["batch"], {}, EDIT),
     "chunk_detail": ("get", ["chunk"], None, READ_REDIRECT),
     "conversation_detail": ("get", ["conversation"], None, MINE_GET),
     "conversation_ask": ("post", ["conversation"], {"question": "And the restore?"}, MINE),
@@ -123,6 +124,7 @@ def world():
         "collection": collection, "document": document, "chunk": document.chunks.first(),
         "conversation": conversation, "message": message, "token": token,
         "grant": collection.grants.get(user=users["viewer"]),
+        "batch": UploadBatch.objects.create(collection=collection, created_by=users["editor"], label="2 files"),
     }  # fmt: skip
     return {"users": users, "objects": objects, "tokens": raw_tokens, "collection": collection}
 

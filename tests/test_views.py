@@ -159,6 +159,7 @@ def test_an_upload_with_a_bad_file_reports_it_and_keeps_the_good_one(client, set
         headers={"HX-Request": "true"},
     )
     html = response.content.decode()
-    assert response.status_code == 200 and html.lstrip().startswith('<section id="documents"')
+    assert response.status_code == 200 and html.lstrip().startswith('<section id="batches"')
+    assert "kb:documents-changed" in response["HX-Trigger"]  # the documents table refreshes itself
     assert "empty.md is empty" in html
     assert list(collection.documents.values_list("source_path", flat=True)) == ["good.md"]

@@ -11,7 +11,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseStopPolling
+from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from kb import access, selectors, services
 from kb.answering import citation_url
@@ -52,9 +52,24 @@ def collection_create(request: HttpRequest) -> HttpResponse:
     return _home(request, form, status=400)
 
 
+def _batches_context(request: HttpRequest, collection) -> dict:
+    batches = []
+    for batch in selectors.batch_recent(user=request.user, collection=collection):
+        batch.progress = selectors.batch_progress(batch=batch)
+        batch.unfinished = [d for d in selectors.batch_documents(batch=batch, limit=50) if not d.is_finished]
+        batches.append(batch)
+    return {
+        "collection": collection,
+        "batches": batches,
+        "batches_running": any(not b.progress.done for b in batches),
+        "can_edit": access.can_edit(request.user, collection),
+    }
+
+
 def _collection_context(request: HttpRequest, collection) -> dict:
     documents = list(selectors.document_list(user=request.user, collection=collection))
     return {
+        **_batches_context(request, collection),
         "collection": collection,
         "documents": documents,
         "pending": any(not d.is_finished for d in documents),
@@ -71,6 +86,12 @@ def _collection_context(request: HttpRequest, collection) -> dict:
 @login_required
 def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
     collection = selectors.collection_get(user=request.user, pk=pk)
+    if request.htmx and request.GET.get("part") == "batches":
+        # Checked on read: whoever watches progress also unsticks a job whose worker died.
+        services.documents_recover_stale(collection_ids=[collection.pk])
+        # When nothing runs, the partial comes back without its polling trigger, so polling
+        # stops and the final counts stay on screen (a 286 would leave the last poll's).
+        return TemplateResponse(request, "kb/collection_detail.html#batches", _batches_context(request, collection))
     template = "kb/collection_detail.html"
     if request.htmx:
         template += "#documents"
@@ -82,26 +103,31 @@ def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def document_upload(request: HttpRequest, pk: int) -> HttpResponse:
     collection = selectors.collection_get(user=request.user, pk=pk, minimum=Role.EDITOR)
     form = UploadForm(request.POST, request.FILES)
-    errors: list[str] = []
     if form.is_valid():
-        for upload in form.cleaned_data["files"]:
-            try:
-                outcome = services.document_upload(
-                    user=request.user, collection=collection, file=upload, source_path=upload.name
-                )
-            except ValidationError as exc:
-                errors.extend(exc.messages)
-            else:
-                messages.info(request, f"{outcome.document.source_path}: {outcome.outcome}.")
+        summary = services.batch_upload(user=request.user, collection=collection, files=form.cleaned_data["files"])
+        for error in summary["errors"]:
+            messages.error(request, f"{error['source']}: {error['reason']}")
     else:
-        errors.extend(e for field in form.errors.values() for e in field)
-    for error in errors:
-        messages.error(request, error)
+        for error in (e for field in form.errors.values() for e in field):
+            messages.error(request, error)
     if request.htmx:
-        return TemplateResponse(
-            request, "kb/collection_detail.html#documents", _collection_context(request, collection)
-        )
+        response = TemplateResponse(request, "kb/collection_detail.html#batches", _batches_context(request, collection))
+        return trigger_client_event(response, "kb:documents-changed")
     return redirect("collection_detail", pk=collection.pk)
+
+
+@require_POST
+@login_required
+def batch_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    batch = selectors.batch_get(user=request.user, pk=pk, minimum=Role.EDITOR)
+    count = services.batch_cancel(user=request.user, batch=batch)
+    messages.info(request, f"Cancelled {count} document(s) of {batch}.")
+    if request.htmx:
+        response = TemplateResponse(
+            request, "kb/collection_detail.html#batches", _batches_context(request, batch.collection)
+        )
+        return trigger_client_event(response, "kb:documents-changed")
+    return redirect("collection_detail", pk=batch.collection_id)
 
 
 @require_GET

@@ -111,3 +111,31 @@ def test_a_model_of_the_wrong_size_is_a_configuration_error(embedder):
 
     with pytest.raises(ImproperlyConfigured, match="KB_EMBED_DIM"):
         embed_texts(["text"], embedder=fake)
+
+
+def test_texts_sorted_by_length_for_batching_come_back_in_their_own_order(embedder, settings):
+    settings.KB_EMBED_BATCH_SIZE = 2
+    texts = ["Short.", "A much longer text about " + "replication and failover " * 12, "Medium length text here."]
+
+    together = embed_texts(texts, embedder=embedder)
+    alone = [embed_texts([t], embedder=embedder)[0] for t in texts]
+
+    assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_no_chunk_of_a_long_structured_document_is_cut_off_before_embedding(parse, embedder):
+    from ingestion.pipeline import embedding_text
+
+    long_heading = "Configuring streaming replication between the primary and every standby server"
+    sections = [f"## {long_heading} part {n}\n\n" + " ".join(
+        f"Sentence {i} explains parameter wal_level_{n}_{i}, its default and when to raise it." for i in range(60)
+    ) for n in range(4)]  # fmt: skip
+    parsed = parse("manual.md", "# Server Administration and Replication Guide\n\n" + "\n\n".join(sections))
+
+    assert len(parsed.chunks) > 8
+    for chunk in parsed.chunks:
+        text = embedding_text(title=parsed.title, heading_path=chunk.heading_path, text=chunk.text, embedder=embedder)
+        assert len(embedder.tokenizer.encode(text).ids) <= embedder.max_tokens == 256
+        assert text.endswith(chunk.text) and long_heading in text  # whole text, with its context
+    covered = "".join(c.text for c in parsed.chunks)
+    assert all(f"wal_level_{n}_{i}," in covered for n in range(4) for i in range(60))

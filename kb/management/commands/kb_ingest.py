@@ -1,4 +1,4 @@
-"""Ingest files and folders into a collection, through the workers or inline."""
+"""Ingest files, folders and ZIP archives into a collection, through the workers or inline."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import json
 import time
 from pathlib import Path
 
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from kb import access, selectors, services
-from kb.models import Document
+from kb.models import FINISHED, Document
+
+# Documents processed together inline: one embedding pass over all their chunks.
+INLINE_GROUP = 64
 
 
 def _walk(paths: list[str]) -> list[tuple[Path, str]]:
@@ -33,7 +35,10 @@ def _walk(paths: list[str]) -> list[tuple[Path, str]]:
 
 
 class Command(BaseCommand):
-    help = "Ingest files and folders (recursively) into a collection."
+    help = (
+        "Ingest files, folders (recursively) and ZIP archives of pages into a collection. Uploading an "
+        "archive again syncs it: new pages are added, changed ones replaced, vanished ones removed."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("paths", nargs="+", metavar="PATH")
@@ -51,29 +56,42 @@ class Command(BaseCommand):
                 raise CommandError(f"No collection named {collection!r}; add --create to make it.")
             target = services.collection_create(user=operator, name=collection)
         files = _walk(paths)
-        summary = {"documents": len(files), "created": 0, "updated": 0, "unchanged": 0, "removed": 0,
-                   "failed": 0, "chunks": 0, "errors": []}  # fmt: skip
-        documents: dict[int, str] = {}
         quiet = json or options["verbosity"] == 0
+        label = files[0][1] if len(files) == 1 else f"kb_ingest: {len(files)} files"
+        batch = services.batch_create(user=operator, collection=target, label=label)
+        errors: list[dict] = []
         for file, source_path in tqdm(files, desc="storing", unit="file", disable=quiet):
             try:
                 with file.open("rb") as handle:
-                    outcome = services.document_upload(
-                        user=operator, collection=target, file=handle, source_path=source_path, enqueue=not inline
+                    services.batch_add_file(
+                        user=operator, batch=batch, file=handle, name=source_path, enqueue=not inline
                     )
-            except (ValidationError, OSError) as exc:
-                reason = " ".join(getattr(exc, "messages", [str(exc)]))
-                summary["failed"] += 1
-                summary["errors"].append({"source": source_path, "reason": reason})
-                continue
-            summary[outcome.outcome] += 1
-            documents[outcome.document.pk] = outcome.document.source_path
-            if inline and outcome.outcome != "unchanged":
-                services.document_process(document_id=outcome.document.pk)
-        if not inline:
-            self._wait(Document.objects.readable_by(operator).filter(pk__in=documents), quiet=quiet, timeout=timeout)
-        for document in Document.objects.readable_by(operator).filter(pk__in=documents):
-            if document.status == Document.Status.FAILED:
+            except OSError as exc:
+                errors.append({"source": source_path, "reason": str(exc)})
+        batch_documents = Document.objects.readable_by(operator).filter(batch=batch)
+        if inline:
+            pending = list(batch_documents.filter(status=Document.Status.QUEUED).values_list("pk", flat=True))
+            bar = tqdm(total=len(pending), desc="indexing", unit="doc", disable=quiet)
+            for first in range(0, len(pending), INLINE_GROUP):
+                group = pending[first : first + INLINE_GROUP]
+                services.documents_process(document_ids=group)
+                bar.update(len(group))
+            bar.close()
+        else:
+            self._wait(batch_documents, quiet=quiet, timeout=timeout)
+        batch.refresh_from_db()
+        s = batch.summary
+        summary = {
+            "documents": s["created"] + s["updated"] + s["unchanged"] + s["refused"],
+            **{key: s[key] for key in ("created", "updated", "unchanged", "removed", "refused", "ignored")},
+            "failed": s["refused"] + len(errors),
+            "chunks": 0,
+            "errors": s["errors"] + errors,
+            "removed_paths": s["removed_paths"],
+            "batch": batch.pk,
+        }
+        for document in batch_documents:
+            if document.status in (Document.Status.FAILED, Document.Status.CANCELLED):
                 summary["failed"] += 1
                 summary["errors"].append({"source": document.source_path, "reason": document.error})
             else:
@@ -85,6 +103,8 @@ class Command(BaseCommand):
                 "{documents} documents: {created} created, {updated} updated, {unchanged} unchanged, "
                 "{removed} removed, {failed} failed; {chunks} chunks.".format(**summary)
             )
+            for path in summary["removed_paths"]:
+                self.stdout.write(f"  removed {path} (gone from its archive)")
             for error in summary["errors"]:
                 self.stderr.write(f"  {error['source']}: {error['reason']}")
         if summary["failed"]:
@@ -95,14 +115,19 @@ class Command(BaseCommand):
         total = documents.count()
         started = time.monotonic()
         bar = tqdm(total=total, desc="indexing", unit="doc", disable=quiet)
-        pending = documents.exclude(status__in=[Document.Status.READY, Document.Status.FAILED])
+        pending = documents.exclude(status__in=FINISHED)
         done = 0
+        last_check = time.monotonic()
         while True:
             left = pending.count()
             bar.update(total - left - done)
             done = total - left
             if not left:
                 break
+            if time.monotonic() - last_check > 30:
+                # Nobody may be watching in a browser: unstick jobs whose worker died here too.
+                services.documents_recover_stale(collection_ids=documents.values("collection_id"))
+                last_check = time.monotonic()
             if timeout and time.monotonic() - started > timeout:
                 bar.close()
                 raise CommandError(f"{left} document(s) still queued after {timeout:g} s: are the workers running?")

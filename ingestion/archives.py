@@ -1,0 +1,130 @@
+"""ZIP files: the limits every archive (and every DOCX, itself a ZIP) must respect before
+anything is unpacked, and the pages of a wiki export inside an archive.
+
+Written on the standard library's zipfile: it reads members lazily and never writes to
+disk, so the checks below run on the central directory alone. zipfile also stops reading a
+member at its declared size, so a bomb cannot outgrow what the directory declared.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import zipfile
+from dataclasses import dataclass, field
+
+from ingestion.errors import IngestError
+
+# Members smaller than this may compress as well as they like: a page of repeated markup
+# honestly compresses 50:1. Above it, a ratio past the limit is a decompression bomb.
+RATIO_FLOOR = 1 << 20
+
+PAGE_SUFFIXES = {
+    ".md", ".markdown", ".mdown", ".mkd", ".mkdn", ".html", ".htm", ".xhtml", ".txt", ".text", ".pdf", ".docx",
+}  # fmt: skip
+# Folders and files that archivers and editors add, never pages.
+_NOISE = re.compile(r"(^|/)(__MACOSX|\.[^/]*)(/|$)")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_members: int
+    max_total_bytes: int
+    max_member_bytes: int
+    max_ratio: int
+
+
+def limits_from_settings() -> Limits:
+    from django.conf import settings
+
+    return Limits(
+        max_members=settings.KB_ARCHIVE_MAX_MEMBERS,
+        max_total_bytes=settings.KB_ARCHIVE_MAX_TOTAL_MB * 1024 * 1024,
+        max_member_bytes=settings.KB_MAX_UPLOAD_MB * 1024 * 1024,
+        max_ratio=settings.KB_ARCHIVE_MAX_RATIO,
+    )
+
+
+def check_container(archive: zipfile.ZipFile, limits: Limits, *, what: str = "The archive") -> None:
+    """IngestError if unpacking would cost too much: too many members, too many bytes, or a bomb."""
+    infos = archive.infolist()
+    if len(infos) > limits.max_members:
+        raise IngestError(
+            f"{what} holds {len(infos):,} files; the limit is {limits.max_members:,} (KB_ARCHIVE_MAX_MEMBERS)."
+        )
+    total = sum(info.file_size for info in infos)
+    if total > limits.max_total_bytes:
+        raise IngestError(
+            f"{what} would unpack to {total / 2**20:,.0f} MB; the limit is "
+            f"{limits.max_total_bytes / 2**20:,.0f} MB (KB_ARCHIVE_MAX_TOTAL_MB)."
+        )
+    for info in infos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FLOOR and ratio > limits.max_ratio:
+            raise IngestError(
+                f"{what} is a decompression bomb: {info.filename} expands {ratio:,.0f} times "
+                f"(the limit is {limits.max_ratio}, KB_ARCHIVE_MAX_RATIO)."
+            )
+
+
+def is_document_package(archive: zipfile.ZipFile) -> bool:
+    """True for Office Open XML files (DOCX, XLSX, PPTX): ZIPs that are one document, not a tree of pages."""
+    names = set(archive.namelist())
+    return "[Content_Types].xml" in names or "word/document.xml" in names
+
+
+def clean_member_path(name: str) -> str | None:
+    """The member's path as a source path, or None if it is absolute or climbs out with '..'."""
+    name = name.replace("\\", "/")
+    if name.startswith("/") or _DRIVE.match(name):
+        return None
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return "/".join(parts)
+
+
+@dataclass
+class Member:
+    path: str  # the page's path inside the archive: its source path
+    info: zipfile.ZipInfo
+
+
+@dataclass
+class Pages:
+    members: list[Member] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (member name, reason)
+    ignored: int = 0  # attachments, images and other files that are not pages
+    listed: set[str] = field(default_factory=set)  # every page path present, refused ones included
+
+
+def pages(archive: zipfile.ZipFile, limits: Limits) -> Pages:
+    """The pages of a wiki export, each checked on its own: one bad member never stops the rest."""
+    check_container(archive, limits)
+    found = Pages()
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        path = clean_member_path(info.filename)
+        if path is None:
+            found.refused.append((info.filename, "Refused: the path is absolute or climbs out of the archive (..)."))
+            continue
+        if _NOISE.search(path):
+            continue
+        if posixpath.splitext(path)[1].lower() not in PAGE_SUFFIXES:
+            found.ignored += 1
+            continue
+        found.listed.add(path)
+        if info.flag_bits & 0x1:
+            found.refused.append((path, "Refused: the file is encrypted inside the archive."))
+        elif info.file_size == 0:
+            found.refused.append((path, "The file is empty."))
+        elif info.file_size > limits.max_member_bytes:
+            found.refused.append(
+                (path, f"The file is {info.file_size / 2**20:.1f} MB; the limit is "
+                       f"{limits.max_member_bytes / 2**20:.0f} MB (KB_MAX_UPLOAD_MB).")
+            )  # fmt: skip
+        else:
+            found.members.append(Member(path, info))
+    return found

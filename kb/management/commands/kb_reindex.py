@@ -1,0 +1,40 @@
+"""Embed every document of a collection again, e.g. after changing the embedding model."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from kb import access, selectors, services
+
+
+class Command(BaseCommand):
+    help = (
+        "Re-embed every ready document of a collection (through the workers, or here with --inline). "
+        "Search keeps answering from the old vectors of each document until its new ones replace them."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--collection", required=True, metavar="NAME")
+        parser.add_argument("--inline", action="store_true", help="process here, without Celery or Redis")
+
+    def handle(self, *args, collection: str, inline: bool, **options):
+        operator = access.system_user()
+        target = selectors.collection_list(user=operator).filter(name=collection).first()
+        if target is None:
+            raise CommandError(f"No collection named {collection!r}.")
+        bar = tqdm(desc="re-embedding" if inline else "queueing", unit="doc", disable=options["verbosity"] == 0)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            count = services.collection_reindex(user=operator, collection=target, inline=inline, progress=progress)
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from exc
+        finally:
+            bar.close()
+        verb = "Re-embedded" if inline else "Queued"
+        self.stdout.write(f"{verb} {count} document(s) of {target.name}.")

@@ -1,0 +1,302 @@
+"""Upload batches: progress with time left, polling that stops, cancel, and stale-job recovery."""
+
+import io
+from datetime import timedelta
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from django.utils import timezone
+
+from kb import selectors, services
+from kb.access import system_user
+from kb.models import Chunk, Document, UploadBatch
+from tests.factories import add_document, make_collection, make_user
+from tests.test_views import BACKUPS
+
+pytestmark = pytest.mark.django_db
+
+
+def _batch_of(collection, *names, user=None):
+    user = user or system_user()
+    batch = services.batch_create(user=user, collection=collection, label=f"{len(names)} files")
+    for name in names:
+        services.batch_add_file(
+            user=user, batch=batch, file=io.BytesIO(f"# {name}\n\nText of {name}.".encode()), name=name, enqueue=False
+        )
+    return batch
+
+
+def test_progress_counts_documents_and_the_embedded_share_of_those_in_progress():
+    collection = make_collection()
+    batch = _batch_of(collection, "a.md", "b.md", "c.md", "d.md")
+    a, b, c, d = Document.objects.filter(batch=batch).order_by("source_path")
+    services.document_process(document_id=a.pk)
+    services.document_mark(document_id=b.pk, status=Document.Status.FAILED, error="bad")
+    services.document_mark(document_id=c.pk, status=Document.Status.PROCESSING, stage="embedding", done=1, total=2)
+    UploadBatch.objects.filter(pk=batch.pk).update(created_at=timezone.now() - timedelta(seconds=50))
+    batch.refresh_from_db()
+
+    progress = selectors.batch_progress(batch=batch)
+
+    assert (progress.total, progress.ready, progress.failed, progress.processing, progress.queued) == (4, 1, 1, 1, 1)
+    assert progress.fraction == pytest.approx(2.5 / 4)
+    assert progress.eta_seconds == pytest.approx(30, abs=2)  # 50 s for 62.5 %: 30 s more at that rate
+    assert not progress.done
+
+
+def test_cancelling_a_batch_cancels_what_is_unfinished_and_says_so():
+    editor = make_user("ed")
+    collection = make_collection(editor=[editor])
+    batch = _batch_of(collection, "a.md", "b.md", user=editor)
+    done, waiting = Document.objects.filter(batch=batch).order_by("source_path")
+    services.document_process(document_id=done.pk)
+
+    assert services.batch_cancel(user=editor, batch=batch) == 1
+
+    waiting.refresh_from_db()
+    assert waiting.status == Document.Status.CANCELLED and waiting.error == "Cancelled by ed before it finished."
+    services.document_process(document_id=waiting.pk)  # a task still in the queue does nothing
+    waiting.refresh_from_db()
+    assert waiting.status == Document.Status.CANCELLED and not Chunk.objects.filter(document=waiting).exists()
+    assert selectors.batch_progress(batch=batch).done
+    done.refresh_from_db()
+    assert done.status == Document.Status.READY
+
+
+def test_a_worker_mid_document_stops_at_its_next_progress_mark_when_cancelled(settings, monkeypatch):
+    settings.KB_EMBED_BATCH_SIZE = 1
+    collection = make_collection()
+    long = "\n\n".join(f"## Step {n}\n\n" + "Replicas keep a nightly snapshot. " * 20 for n in range(6))
+    batch = _batch_of(collection)
+    services.batch_add_file(
+        user=system_user(), batch=batch, file=io.BytesIO(long.encode()), name="runbook.md", enqueue=False
+    )
+    document = Document.objects.get(batch=batch)
+    from ingestion import pipeline
+
+    real_embed = pipeline.embed_texts
+
+    def cancel_after_first_batch(texts, *, progress=None, embedder=None):
+        def progress_then_cancel(done, total):
+            if done == 1:
+                services.batch_cancel(user=system_user(), batch=batch)
+            progress(done, total)
+
+        return real_embed(texts, progress=progress_then_cancel, embedder=embedder)
+
+    monkeypatch.setattr(pipeline, "embed_texts", cancel_after_first_batch)
+    services.document_process(document_id=document.pk)
+
+    document.refresh_from_db()
+    assert document.status == Document.Status.CANCELLED and document.progress_done == 0
+    assert not Chunk.objects.filter(document=document).exists()
+
+
+def test_a_cancelled_document_uploaded_again_is_processed_again():
+    collection = make_collection()
+    batch = _batch_of(collection, "a.md")
+    services.batch_cancel(user=system_user(), batch=batch)
+    again = services.document_upload(
+        user=system_user(),
+        collection=collection,
+        file=io.BytesIO(b"# a.md\n\nText of a.md."),
+        source_path="a.md",
+        enqueue=False,
+    )
+    assert again.outcome == "updated" and again.document.status == Document.Status.QUEUED
+
+
+def test_a_stale_processing_document_is_requeued_once_then_failed(
+    settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    from ingestion import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.ingest_document, "delay", lambda pk: queued.append(pk))
+    settings.KB_STALE_SECONDS = 60
+    document = add_document(make_collection(), "a.md", "# A\n\nText.", process=False)
+    long_ago = timezone.now() - timedelta(seconds=120)
+    Document.objects.filter(pk=document.pk).update(status=Document.Status.PROCESSING, attempts=1, updated_at=long_ago)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.documents_recover_stale() == {"requeued": 1, "failed": 0}
+    document.refresh_from_db()
+    assert document.status == Document.Status.QUEUED and queued == [document.pk]
+
+    Document.objects.filter(pk=document.pk).update(status=Document.Status.PROCESSING, attempts=2, updated_at=long_ago)
+    assert services.documents_recover_stale() == {"requeued": 0, "failed": 1}
+    document.refresh_from_db()
+    assert document.status == Document.Status.FAILED and "stopped without finishing 2 times" in document.error
+
+
+def test_a_document_still_reporting_progress_is_not_stale(settings):
+    settings.KB_STALE_SECONDS = 60
+    document = add_document(make_collection(), "a.md", "# A\n\nText.", process=False)
+    services.document_mark(
+        document_id=document.pk, status=Document.Status.PROCESSING, stage="embedding", done=1, total=3
+    )
+    assert services.documents_recover_stale() == {"requeued": 0, "failed": 0}
+
+
+# -- views --------------------------------------------------------------------------------------
+
+
+def _files(*names):
+    return [SimpleUploadedFile(n, f"# {n}\n\nBody of {n}.".encode()) for n in names]
+
+
+@pytest.fixture
+def editor_client(client):
+    editor = make_user("editor")
+    collection = make_collection("docs", editor=[editor])
+    client.force_login(editor)
+    return client, collection
+
+
+def test_a_multi_file_upload_is_one_batch_whose_partial_polls_until_done(editor_client):
+    client, collection = editor_client
+    response = client.post(
+        reverse("document_upload", args=[collection.pk]),
+        {"files": _files("a.md", "b.md", "c.md")},
+        headers={"HX-Request": "true"},
+    )
+    batch = UploadBatch.objects.get(collection=collection)
+    assert batch.label == "3 files" and Document.objects.filter(batch=batch).count() == 3
+    html = response.content.decode()
+    assert 'hx-trigger="every 1s"' in html and "0 of 3 ready" in html and "Cancel upload" in html
+
+    for document in Document.objects.filter(batch=batch):
+        services.document_process(document_id=document.pk)
+    poll = client.get(
+        reverse("collection_detail", args=[collection.pk]) + "?part=batches", headers={"HX-Request": "true"}
+    ).content.decode()
+    assert poll.lstrip().startswith('<section id="batches"')
+    assert "3 of 3 ready" in poll and "Done." in poll
+    assert "hx-trigger" not in poll and "Cancel upload" not in poll  # polling stops with the final counts
+
+
+def test_the_cancel_button_cancels_the_batch(editor_client):
+    client, collection = editor_client
+    client.post(reverse("document_upload", args=[collection.pk]), {"files": _files("a.md", "b.md")})
+    batch = UploadBatch.objects.get(collection=collection)
+
+    response = client.post(reverse("batch_cancel", args=[batch.pk]), headers={"HX-Request": "true"})
+
+    html = response.content.decode()
+    assert response.status_code == 200 and "2 cancelled" in html and "Done." in html
+    assert set(Document.objects.filter(batch=batch).values_list("status", flat=True)) == {"cancelled"}
+
+
+def test_viewers_cannot_cancel_a_batch(client):
+    viewer = make_user("viewer")
+    collection = make_collection(viewer=[viewer])
+    batch = _batch_of(collection, "a.md")
+    client.force_login(viewer)
+    assert client.post(reverse("batch_cancel", args=[batch.pk])).status_code == 404
+    assert Document.objects.get(batch=batch).status == Document.Status.QUEUED
+
+
+def test_watching_progress_recovers_stale_documents(editor_client, settings, monkeypatch):
+    from ingestion import tasks
+
+    monkeypatch.setattr(tasks.ingest_document, "delay", lambda pk: None)
+    client, collection = editor_client
+    settings.KB_STALE_SECONDS = 60
+    batch = _batch_of(collection, "a.md")
+    Document.objects.filter(batch=batch).update(
+        status=Document.Status.PROCESSING, attempts=5, updated_at=timezone.now() - timedelta(hours=1)
+    )
+    poll = client.get(
+        reverse("collection_detail", args=[collection.pk]) + "?part=batches", headers={"HX-Request": "true"}
+    ).content.decode()
+    assert "1 failed" in poll and "stopped without finishing" in Document.objects.get(batch=batch).error
+
+
+def test_an_archive_upload_in_the_browser_reports_its_sync(editor_client):
+    from tests.ingestion.test_archives import make_zip
+
+    client, collection = editor_client
+    archive = SimpleUploadedFile("wiki.zip", make_zip({"a.md": "# A\n\nOne.", "b/c.md": "# C\n\nTwo."}).getvalue())
+    client.post(reverse("document_upload", args=[collection.pk]), {"files": [archive]})
+    archive = SimpleUploadedFile("wiki.zip", make_zip({"a.md": "# A\n\nOne."}).getvalue())
+    response = client.post(
+        reverse("document_upload", args=[collection.pk]), {"files": [archive]}, headers={"HX-Request": "true"}
+    )
+
+    html = response.content.decode()
+    assert "0 new, 0 changed, 1 unchanged, 1 removed (gone from the archive)" in html
+    assert list(Document.objects.filter(collection=collection).values_list("source_path", flat=True)) == ["a.md"]
+
+
+def test_document_page_shows_the_archive_breadcrumb(editor_client):
+    from tests.ingestion.test_archives import make_zip
+
+    client, collection = editor_client
+    services.archive_upload(
+        user=system_user(),
+        collection=collection,
+        name="wiki.zip",
+        enqueue=False,
+        file=make_zip({"ops/runbooks/backups.md": "# Backups\n\nSee [restore](restore.md)."}),
+    )
+    document = Document.objects.get(collection=collection)
+    services.document_process(document_id=document.pk)
+    html = client.get(reverse("document_detail", args=[document.pk])).content.decode()
+    assert " / ops / runbooks / backups.md" in html and "From the archive wiki.zip" in html
+    assert "ops/runbooks/restore.md" in html
+
+
+def test_reindex_replaces_every_chunk_of_the_collection():
+    collection = make_collection()
+    document = add_document(collection, "backups.md", BACKUPS)
+    old = set(Chunk.objects.filter(document=document).values_list("pk", flat=True))
+
+    assert services.collection_reindex(user=system_user(), collection=collection, inline=True) == 1
+
+    new = set(Chunk.objects.filter(document=document).values_list("pk", flat=True))
+    assert new and not new & old
+    document.refresh_from_db()
+    assert document.status == Document.Status.READY and document.chunk_count == len(new)
+
+
+def test_kb_reindex_re_embeds_a_collection_by_name():
+    from django.core.management import call_command
+
+    collection = make_collection("Ops")
+    document = add_document(collection, "backups.md", BACKUPS)
+    old = set(Chunk.objects.filter(document=document).values_list("pk", flat=True))
+    out = io.StringIO()
+    call_command("kb_reindex", "--collection", "Ops", "--inline", stdout=out, stderr=io.StringIO())
+    assert out.getvalue().strip() == "Re-embedded 1 document(s) of Ops."
+    assert not set(Chunk.objects.filter(document=document).values_list("pk", flat=True)) & old
+
+
+def test_kb_reindex_refuses_a_model_of_another_dimension_and_keeps_the_chunks(settings):
+    from django.core.management import CommandError, call_command
+
+    collection = make_collection("Ops")
+    document = add_document(collection, "backups.md", BACKUPS)
+    old = set(Chunk.objects.filter(document=document).values_list("pk", flat=True))
+    settings.KB_EMBED_DIM = 768
+    with pytest.raises(CommandError, match="holds 384-dimensional vectors but KB_EMBED_DIM is 768"):
+        call_command("kb_reindex", "--collection", "Ops", "--inline", stdout=io.StringIO(), stderr=io.StringIO())
+    assert set(Chunk.objects.filter(document=document).values_list("pk", flat=True)) == old
+
+
+def test_the_admin_action_queues_a_reindex(client, django_capture_on_commit_callbacks, monkeypatch):
+    from ingestion import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.reindex_document, "delay", lambda pk: queued.append(pk))
+    admin = make_user("root", is_staff=True, is_superuser=True)
+    collection = make_collection(owner=admin)
+    document = add_document(collection, "backups.md", BACKUPS)
+    client.force_login(admin)
+    response = client.post(
+        reverse("admin:kb_collection_changelist"),
+        {"action": "reindex", "_selected_action": [collection.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200 and queued == [document.pk]
+    assert "1 document(s) queued for re-embedding" in response.content.decode()
