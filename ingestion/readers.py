@@ -368,6 +368,10 @@ def read_html(text: str) -> Extracted:
         tag.decompose()
     for tag in soup.find_all(lambda t: t.has_attr("hidden") or t.get("aria-hidden") == "true"):
         tag.decompose()
+    # Permalink marks that doc generators put into headings (Sphinx's "¶", MkDocs' and
+    # VuePress's "#"): not content, and they would show in every breadcrumb.
+    for tag in soup.select("a.headerlink, a.header-anchor, a.anchorjs-link"):
+        tag.decompose()
     if root is None:
         root = soup.body or soup
         # Without a marked main region, page headers and footers are site chrome. Inside

@@ -145,6 +145,20 @@ def test_html_keeps_main_content_and_heading_structure(parse):
         assert noise not in parsed.text
 
 
+def test_html_headings_lose_the_permalink_marks_of_doc_generators(parse):
+    page = (
+        '<html><body><main><h1>Data model<a class="headerlink" href="#data-model" title="Permalink">¶</a></h1>'
+        "<p>Objects are Python's abstraction for data.</p>"
+        '<h2 id="types">Types<a class="header-anchor" href="#types">#</a></h2><p>Every object has a type.</p>'
+        "</main></body></html>"
+    )
+    parsed = parse("datamodel.html", page)
+
+    assert parsed.title == "Data model"
+    assert paths(parsed) == ["Data model", "Data model > Types"]
+    assert "¶" not in parsed.text
+
+
 def test_html_without_main_drops_page_chrome_and_uses_title_tag(parse):
     page = (
         "<html><head><title>Holiday policy</title></head><body><header>Site header</header>"
