@@ -692,7 +692,7 @@ def batch_cancel(*, user, batch: UploadBatch) -> int:
 
 
 def documents_recover_stale(*, collection_ids=None) -> dict:
-    """Re-queue (once) or fail documents whose processing stopped without a word.
+    """Re-queue (once) or fail documents whose processing stopped without a word; resend lost queued ones.
 
     A working task refreshes updated_at at every progress mark; one silent for longer than
     KB_STALE_SECONDS has died without Celery redelivering it (e.g. Redis lost the message).
@@ -719,6 +719,18 @@ def documents_recover_stale(*, collection_ids=None) -> dict:
                 ))  # fmt: skip
                 document.save()
                 result["failed"] += 1
+        # Queued and never picked up for as long: its message may be lost (a broker restarted
+        # without persistence). Send it again; if the first message was only waiting behind a
+        # backlog, the task finds the work done or in hand and returns, so the copy costs nothing.
+        lost = Document.objects.select_for_update(skip_locked=True).filter(
+            status=Document.Status.QUEUED, updated_at__lt=cutoff
+        )
+        if collection_ids is not None:
+            lost = lost.filter(collection_id__in=collection_ids)
+        for document in lost:
+            document.save(update_fields=["updated_at"])
+            _enqueue_ingest(document)
+            result["requeued"] += 1
     if result["requeued"] or result["failed"]:
         logger.warning("stale documents: %s", result)
     return result

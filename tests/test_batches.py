@@ -130,6 +130,28 @@ def test_a_stale_processing_document_is_requeued_once_then_failed(
     assert document.status == Document.Status.FAILED and "stopped without finishing 2 times" in document.error
 
 
+def test_a_queued_document_whose_message_was_lost_is_sent_again(
+    settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    from ingestion import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.ingest_document, "delay", lambda pk: queued.append(pk))
+    settings.KB_STALE_SECONDS = 60
+    lost = add_document(make_collection(), "a.md", "# A\n\nText.", process=False)
+    recent = add_document(make_collection(), "b.md", "# B\n\nText.", process=False)
+    Document.objects.filter(pk=lost.pk).update(updated_at=timezone.now() - timedelta(seconds=120))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.documents_recover_stale() == {"requeued": 1, "failed": 0}
+    assert queued == [lost.pk], "only the document queued for longer than KB_STALE_SECONDS is sent again"
+    lost.refresh_from_db()
+    assert lost.status == Document.Status.QUEUED
+    # Sent again just now: not again on the next look.
+    assert services.documents_recover_stale() == {"requeued": 0, "failed": 0}
+    assert recent.status == Document.Status.QUEUED
+
+
 def test_a_document_still_reporting_progress_is_not_stale(settings):
     settings.KB_STALE_SECONDS = 60
     document = add_document(make_collection(), "a.md", "# A\n\nText.", process=False)
