@@ -6,12 +6,14 @@ anything is ranked, and nothing the user may not read can reach a prompt or a so
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
 import sys
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -91,6 +93,16 @@ def _torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@functools.cache
+def _embedder_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="kb-embed-query")
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    return fn(*args), _ms(t)
 
 
 def embed_query(text: str) -> list[float]:
@@ -356,17 +368,19 @@ def search(
     timings = Timings()
     dense: list[tuple[int, float]] = []
     keyword: list[tuple[int, float]] = []
-    if mode in ("hybrid", "dense"):
-        t = time.perf_counter()
-        vector = embed_query(query)
-        timings.embed_ms = _ms(t)
-        t = time.perf_counter()
-        dense = dense_leg(chunks, vector, candidates)
-        timings.dense_ms = _ms(t)
+    embedding = _embedder_pool().submit(_timed, embed_query, query) if mode in ("hybrid", "dense") else None
     if mode in ("hybrid", "keyword"):
+        # The full-text leg waits on Postgres while the model embeds the question on the
+        # CPU: running both at once saves the shorter of the two (about 20 ms a question).
+        # The query stays in this thread, on this thread's connection and transaction.
         t = time.perf_counter()
         keyword = keyword_leg(chunks, query, candidates)
         timings.keyword_ms = _ms(t)
+    if embedding is not None:
+        vector, timings.embed_ms = embedding.result()
+        t = time.perf_counter()
+        dense = dense_leg(chunks, vector, candidates)
+        timings.dense_ms = _ms(t)
     t = time.perf_counter()
     weights = {
         "k": settings.KB_RRF_K,
