@@ -11,8 +11,6 @@ Prints hit@1, hit@k and MRR@k by source document.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
 
 import django  # noqa: E402
+import question_set  # noqa: E402  (bench/, on sys.path as the script's folder)
 
 django.setup()
 
@@ -47,13 +46,9 @@ def metrics(ranked_sources: list[list[str]], expected: list[list[str]], k: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--collection", required=True)
-    parser.add_argument("--questions", default=str(ROOT / "bench" / "python311_questions.jsonl"))
-    parser.add_argument("--k", type=int, default=5)
-    args = parser.parse_args()
+    args = question_set.parse_args()
     collection = Collection.objects.get(name=args.collection)
-    items = [q for q in map(json.loads, Path(args.questions).read_text().splitlines()) if q["expected"]]
+    items = question_set.answerable(args.questions)
 
     with connection.cursor() as cursor:
         cursor.execute(

@@ -9,9 +9,7 @@ kb.retrieval.search does, so the figures match kb_eval's for the same settings.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import os
 import sys
 from pathlib import Path
@@ -21,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
 
 import django  # noqa: E402
+import question_set  # noqa: E402  (bench/, on sys.path as the script's folder)
 
 django.setup()
 
@@ -29,14 +28,10 @@ from kb.models import Collection  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--collection", required=True)
-    parser.add_argument("--questions", default=str(ROOT / "bench" / "python311_questions.jsonl"))
-    parser.add_argument("--k", type=int, default=5)
-    args = parser.parse_args()
+    args = question_set.parse_args()
     collection = Collection.objects.get(name=args.collection)
     chunks = retrieval.Chunk.objects.readable_by(access.system_user()).in_collections([collection.pk])
-    items = [q for q in map(json.loads, Path(args.questions).read_text().splitlines()) if q["expected"]]
+    items = question_set.answerable(args.questions)
     max_candidates = 80
     legs = []
     for item in items:

@@ -12,18 +12,21 @@ from ingestion.errors import EmbedderUnavailable
 # Worth retrying: the database or the embedding server being briefly away.
 TRANSIENT = (OperationalError, InterfaceError, EmbedderUnavailable)
 
+# Redelivered if the worker dies mid-task; transient failures retried with backoff.
+DOCUMENT_TASK = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "max_retries": 5,
+}
+
 logger = logging.getLogger(__name__)
 
 
-@shared_task(
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=True,
-    retry_backoff_max=300,
-    max_retries=5,
-)
+@shared_task(**DOCUMENT_TASK)
 def ingest_document(self, document_id: int) -> None:
     """Parse, chunk, embed and store one document."""
     from kb import services
@@ -44,15 +47,7 @@ def ingest_document(self, document_id: int) -> None:
         raise
 
 
-@shared_task(
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=True,
-    retry_backoff_max=300,
-    max_retries=5,
-)
+@shared_task(**DOCUMENT_TASK)
 def reindex_document(self, document_id: int) -> None:
     """Embed one ready document again; its old chunks serve searches until the new ones replace them."""
     from kb import services
