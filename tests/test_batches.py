@@ -107,13 +107,17 @@ def test_a_cancelled_document_uploaded_again_is_processed_again():
     assert again.outcome == "updated" and again.document.status == Document.Status.QUEUED
 
 
-def test_a_stale_processing_document_is_requeued_once_then_failed(
-    settings, django_capture_on_commit_callbacks, monkeypatch
-):
+@pytest.fixture
+def queued(monkeypatch) -> list[int]:
+    """The ids sent to the ingest task, captured instead of reaching the broker."""
     from ingestion import tasks
 
-    queued = []
-    monkeypatch.setattr(tasks.ingest_document, "delay", lambda pk: queued.append(pk))
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.ingest_document, "delay", lambda pk: sent.append(pk))
+    return sent
+
+
+def test_a_stale_processing_document_is_requeued_once_then_failed(settings, django_capture_on_commit_callbacks, queued):
     settings.KB_STALE_SECONDS = 60
     document = add_document(make_collection(), "a.md", "# A\n\nText.", process=False)
     long_ago = timezone.now() - timedelta(seconds=120)
@@ -130,13 +134,7 @@ def test_a_stale_processing_document_is_requeued_once_then_failed(
     assert document.status == Document.Status.FAILED and "stopped without finishing 2 times" in document.error
 
 
-def test_a_queued_document_whose_message_was_lost_is_sent_again(
-    settings, django_capture_on_commit_callbacks, monkeypatch
-):
-    from ingestion import tasks
-
-    queued = []
-    monkeypatch.setattr(tasks.ingest_document, "delay", lambda pk: queued.append(pk))
+def test_a_queued_document_whose_message_was_lost_is_sent_again(settings, django_capture_on_commit_callbacks, queued):
     settings.KB_STALE_SECONDS = 60
     lost = add_document(make_collection(), "a.md", "# A\n\nText.", process=False)
     recent = add_document(make_collection(), "b.md", "# B\n\nText.", process=False)
