@@ -3,17 +3,20 @@ enqueues background work only after that transaction commits."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
@@ -21,7 +24,7 @@ from django.core.files.storage import default_storage
 from django.db import models, transaction
 from django.utils import timezone
 
-from kb import access, answering, retrieval, selectors
+from kb import access, answering, llm, retrieval, selectors
 from kb.models import (
     FINISHED,
     ApiToken,
@@ -902,6 +905,50 @@ def message_finish(*, message: Message, answer: str, status: str, error: str = "
     message.finished_at = timezone.now()
     message.save(update_fields=["answer", "status", "error", "finished_at"])
     return message
+
+
+# How often a running answer looks for a Stop request, in seconds.
+STOP_POLL_SECONDS = 0.25
+DISCONNECTED = "The answer was stopped before it finished: the connection to the reader was closed."
+NO_LONGER_READABLE = "None of the passages found for this question is readable by you any more."
+
+
+async def message_answer(*, message: Message, sources: list[dict], history=()) -> AsyncIterator[str]:
+    """Stream a claimed message's answer from the model server, then store how it ended.
+
+    The one place answers are generated, for the pages' stream and the JSON API alike. It
+    stops when the reader presses Stop (a row flag another process may set), keeps what
+    arrived when the model server fails or the reader goes away (close this generator, e.g.
+    with aclosing, and the model stream is closed too, which ends generation), and never
+    calls the model without a readable source.
+    """
+    if not sources:
+        await sync_to_async(message_finish)(message=message, answer=NO_LONGER_READABLE, status=Message.Status.NO_ANSWER)
+        return
+    pieces: list[str] = []
+    status, error = Message.Status.COMPLETE, ""
+    next_check = time.monotonic() + STOP_POLL_SECONDS
+    try:
+        async with aclosing(answering.astream_answer(message.question, sources, history)) as stream:
+            async for piece in stream:
+                pieces.append(piece)
+                yield piece
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + STOP_POLL_SECONDS
+                    if await Message.objects.filter(pk=message.pk, stop_requested=True).aexists():
+                        status, error = Message.Status.INCOMPLETE, STOPPED
+                        break  # leaving the block closes the model stream: generation stops
+    except llm.ModelServerError as exc:
+        status = Message.Status.INCOMPLETE if pieces else Message.Status.FAILED
+        error = str(exc)
+    except (asyncio.CancelledError, GeneratorExit):
+        # The reader went away (cancelled while awaiting the model, or closed while its
+        # consumer waited to send): the model stream is closed above; keep what arrived.
+        await sync_to_async(message_finish)(
+            message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE, error=DISCONNECTED
+        )
+        raise
+    await sync_to_async(message_finish)(message=message, answer="".join(pieces), status=status, error=error)
 
 
 def message_claim(*, message: Message) -> bool:

@@ -16,7 +16,7 @@ from django.urls import reverse
 
 from kb import services
 from kb.models import Message
-from kb.views.ask import DISCONNECTED
+from kb.services import DISCONNECTED
 from tests.conftest import kb_web_server
 from tests.factories import add_document, make_collection, make_user
 from tests.standins import Behaviour, failing_model_server

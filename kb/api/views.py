@@ -7,7 +7,6 @@ pieces of text, then one `done` event with the whole message as JSON.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from contextlib import aclosing
 
@@ -16,9 +15,8 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET, require_POST
 
-from kb import access, answering, selectors, services
+from kb import access, selectors, services
 from kb.api.auth import token_required
-from kb.llm import ModelServerError
 from kb.models import Message, Role
 
 
@@ -145,27 +143,6 @@ def _start(user, parsed: dict) -> Message:
     return message
 
 
-async def _answer(message: Message, sources: list[dict]):
-    """Yield the answer's pieces, then store how it ended (also when the client goes away)."""
-    pieces: list[str] = []
-    status, error = Message.Status.COMPLETE, ""
-    try:
-        async with aclosing(answering.astream_answer(message.question, sources)) as stream:
-            async for piece in stream:
-                pieces.append(piece)
-                yield piece
-    except ModelServerError as exc:
-        status = Message.Status.INCOMPLETE if pieces else Message.Status.FAILED
-        error = str(exc)
-    except asyncio.CancelledError:
-        await sync_to_async(services.message_finish)(
-            message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE,
-            error="The answer was stopped before it finished.",
-        )  # fmt: skip
-        raise
-    await sync_to_async(services.message_finish)(message=message, answer="".join(pieces), status=status, error=error)
-
-
 def _sse(event: str, data: str) -> str:
     return f"event: {event}\n" + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n"
 
@@ -184,18 +161,27 @@ async def ask(request: HttpRequest) -> HttpResponse:
     except Http404 as exc:
         return _error(str(exc) or "Not found.", status=404)
     sources = await sync_to_async(selectors.message_sources)(user=user, message=message)
+    history = await sync_to_async(selectors.message_history)(
+        user=user, conversation=message.conversation, before=message
+    )
     claimed = message.status == Message.Status.PENDING and await sync_to_async(services.message_claim)(message=message)
+
+    def answer():
+        return aclosing(services.message_answer(message=message, sources=sources, history=history))
 
     if not parsed["stream"]:
         if claimed:
-            async for _ in _answer(message, sources):
-                pass
+            async with answer() as pieces:
+                async for _ in pieces:
+                    pass
+        await message.arefresh_from_db()
         return JsonResponse(await sync_to_async(_message_json)(user, message))
 
     async def events():
         if claimed:
-            async for piece in _answer(message, sources):
-                yield _sse("token", json.dumps(piece))
+            async with answer() as pieces:
+                async for piece in pieces:
+                    yield _sse("token", json.dumps(piece))
         yield _sse("done", json.dumps(await sync_to_async(_message_json)(user, message)))
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")

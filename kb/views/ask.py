@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from contextlib import aclosing
 
 from asgiref.sync import sync_to_async
@@ -20,7 +18,6 @@ from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
 
 from kb import answering, selectors, services
 from kb.forms import AskForm, FeedbackForm
-from kb.llm import ModelServerError
 from kb.models import Message
 
 logger = logging.getLogger(__name__)
@@ -178,11 +175,6 @@ def _sse(event: str, data: str) -> str:
     return f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
 
 
-# How often a running stream looks for a Stop request, in seconds.
-STOP_POLL_SECONDS = 0.25
-DISCONNECTED = "The answer was stopped before it finished: the page was closed."
-
-
 async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
     """Stream one message's answer as server-sent events: `token`s, then `done` with the final HTML."""
     if request.method != "GET":
@@ -204,44 +196,12 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
         return _sse("done", html)
 
     async def events():
-        if not claimed:
-            # Already answered (a reconnect) or being answered in another tab.
-            yield await done()
-            return
-        if not sources:
-            await sync_to_async(services.message_finish)(
-                message=message,
-                answer="None of the passages found for this question is readable by you any more.",
-                status=Message.Status.NO_ANSWER,
-            )
-            yield await done()
-            return
-        pieces: list[str] = []
-        status, error = Message.Status.COMPLETE, ""
-        next_check = time.monotonic() + STOP_POLL_SECONDS
-        try:
-            async with aclosing(answering.astream_answer(message.question, sources, history)) as stream:
-                async for piece in stream:
-                    pieces.append(piece)
+        if claimed:
+            answer = services.message_answer(message=message, sources=sources, history=history)
+            async with aclosing(answer) as pieces:
+                async for piece in pieces:
                     yield _sse("token", escape(piece))
-                    if time.monotonic() >= next_check:
-                        next_check = time.monotonic() + STOP_POLL_SECONDS
-                        if await Message.objects.filter(pk=message.pk, stop_requested=True).aexists():
-                            status, error = Message.Status.INCOMPLETE, services.STOPPED
-                            break  # leaving the block closes the model stream: generation stops
-        except ModelServerError as exc:
-            status = Message.Status.INCOMPLETE if pieces else Message.Status.FAILED
-            error = str(exc)
-        except (asyncio.CancelledError, GeneratorExit):
-            # The browser went away (cancelled while awaiting the model, or closed while we
-            # waited to send): the model stream is already closed above; keep what arrived.
-            await sync_to_async(services.message_finish)(
-                message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE, error=DISCONNECTED
-            )
-            raise
-        await sync_to_async(services.message_finish)(
-            message=message, answer="".join(pieces), status=status, error=error
-        )
+        # Also what a reconnect, or a second tab while another answers, receives.
         yield await done()
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
