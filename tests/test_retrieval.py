@@ -78,27 +78,27 @@ def test_no_leg_returns_chunks_of_an_unreadable_collection(corpus):
         assert hits == [], mode
 
 
-def test_filtered_dense_search_still_returns_k_results_when_the_readable_share_is_small():
+def small_readable_share(readable: int):
+    """A reader of `readable` short notes, beside 30 closer matches in a collection they cannot read."""
     reader = make_user()
     mine = make_collection(viewer=[reader])
     other = make_collection()
-    for i in range(3):
+    for i in range(readable):
         add_document(mine, f"mine{i}.md", f"# Note {i}\n\nA short note about topic {i} and gardening.")
     for i in range(30):
         add_document(other, f"other{i}.md", f"# Gardening {i}\n\nWater the tomatoes every morning, tip {i}.")
+    return reader, mine
+
+
+def test_filtered_dense_search_still_returns_k_results_when_the_readable_share_is_small():
+    reader, mine = small_readable_share(3)
     hits = retrieval.search(user=reader, query="gardening tomatoes", top_k=3, mode="dense").hits
     assert len(hits) == 3
     assert {h.chunk.collection_id for h in hits} == {mine.pk}
 
 
 def test_filtered_hybrid_search_still_returns_k_results_when_the_readable_share_is_small():
-    reader = make_user()
-    mine = make_collection(viewer=[reader])
-    other = make_collection()
-    for i in range(4):
-        add_document(mine, f"mine{i}.md", f"# Note {i}\n\nA short note about topic {i} and gardening.")
-    for i in range(30):
-        add_document(other, f"other{i}.md", f"# Gardening {i}\n\nWater the tomatoes every morning, tip {i}.")
+    reader, mine = small_readable_share(4)
     hits = retrieval.search(user=reader, query="watering tomatoes", top_k=3).hits
     assert len(hits) == 3
     assert {h.chunk.collection_id for h in hits} == {mine.pk}
