@@ -5,9 +5,10 @@
 Starts llama.cpp's server (SmolLM2-135M, as `make llm` does) and uvicorn on the local
 database, signs in as a reader of the collection, and for each question:
 
-1. browser: POST the question to /collections/<id>/ask/ (retrieval happens here), follow the
-   redirect to the conversation page, open the message's SSE stream and stop at the first
-   `token` event: time from the POST to that event;
+1. browser: POST the question to /collections/<id>/ask/ (retrieval happens here) as the
+   page's htmx form does, which gets the conversation page back (with --no-js: follow the
+   redirect to it instead), open the message's SSE stream and stop at the first `token`
+   event: time from the POST to that event;
 2. model alone, same request: kb reaches the model server through a timing relay that only
    forwards bytes and notes when the request arrived and when the first non-empty
    `content` left the model server. Overhead = 1 - 2. On two busy cores the model's own
@@ -127,18 +128,26 @@ def model_ttft_ms(question: str, sources: list[dict]) -> float:
         stream.close()
 
 
-def browser_ttft_ms(web: httpx.Client, collection_id: int, question: str) -> tuple[float, int, dict]:
-    """(ms from POST to the first token event, message id, phase times in ms)."""
+def browser_ttft_ms(web: httpx.Client, collection_id: int, question: str, *, htmx: bool = True) -> tuple[float, int, dict]:
+    """(ms from POST to the first token event, message id, phase times in ms).
+
+    `htmx`: post as the page's htmx form does, which gets the conversation page in the
+    response; else as a browser without JavaScript, which follows a redirect to it.
+    """
     phases = {}
     started = time.perf_counter()
     csrf = web.cookies.get("csrftoken")
+    headers = {"Referer": str(web.base_url)} | ({"HX-Request": "true"} if htmx else {})
     posted = web.post(f"/collections/{collection_id}/ask/", data={"question": question, "csrfmiddlewaretoken": csrf},
-                      headers={"Referer": str(web.base_url)}, follow_redirects=False)  # fmt: skip
-    assert posted.status_code == 302, posted.status_code
+                      headers=headers, follow_redirects=False)  # fmt: skip
+    assert posted.status_code == (200 if htmx else 302), posted.status_code
     phases["post"] = (time.perf_counter() - started) * 1000
     phases["t_post"] = time.perf_counter()
-    page = web.get(posted.headers["location"])
-    page.raise_for_status()
+    if htmx:
+        page = posted
+    else:
+        page = web.get(posted.headers["location"])
+        page.raise_for_status()
     phases["page"] = (time.perf_counter() - started) * 1000
     phases["t_page"] = time.perf_counter()
     message_id = int(re.findall(r"/messages/(\d+)/stream/", page.text)[-1])
@@ -161,6 +170,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", metavar="FILE", help="also write each run's figures here")
     parser.add_argument("--direct", action="store_true", help="also time the same prompt sent straight to the model")
+    parser.add_argument("--no-js", action="store_true",
+                        help="ask as a browser without JavaScript: a redirect, then a GET of the conversation page")
     args = parser.parse_args()
 
     collection = Collection.objects.get(name=args.collection)
@@ -194,10 +205,10 @@ def main() -> None:
                                                   "csrfmiddlewaretoken": web.cookies["csrftoken"]})  # fmt: skip
             assert signed_in.status_code == 302, "sign-in failed"
             flush(llm_url)
-            browser_ttft_ms(web, collection.pk, "warm-up: what is a list?")  # loads the embedding model
+            browser_ttft_ms(web, collection.pk, "warm-up: what is a list?", htmx=not args.no_js)  # loads the embedding model
             for n, question in enumerate(questions, start=1):
                 flush(llm_url)
-                browser, message_id, phases = browser_ttft_ms(web, collection.pk, question)
+                browser, message_id, phases = browser_ttft_ms(web, collection.pk, question, htmx=not args.no_js)
                 message = Message.objects.get(pk=message_id)
                 if not message.sources or browser != browser:
                     print(f"{n:>2} no answer (nothing relevant): skipped")

@@ -60,11 +60,14 @@ def test_upload_ingest_ask_stream_and_follow_a_citation(
     # 3. A viewer asks; the answer streams in token by token, with numbered citations.
     page.context.clear_cookies()
     sign_in(page, base, "reader")
-    page.goto(collection_url)
-    page.fill("textarea[name=question]", "When does the database backup run?")
     # Record every server-sent event the page receives, with the answer's length at that moment.
     page.add_init_script(RECORD_SSE)
+    page.goto(collection_url)
+    page.fill("textarea[name=question]", "When does the database backup run?")
     page.get_by_role("button", name="Ask", exact=True).click()
+    # The conversation page arrives in the ask's own response (no second page load), and
+    # its address is pushed so that reload and back work.
+    expect(page).to_have_url(re.compile(r"/conversations/\d+/$"))
     answer = page.locator("article.message .answer:not(.streaming)")
     expect(answer).to_be_visible(timeout=120_000)
     events = page.evaluate("window.kbSse")

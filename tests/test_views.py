@@ -95,6 +95,23 @@ def test_ask_creates_a_conversation_with_sources_from_the_collection(client, set
     assert reverse("message_stream", args=[message.pk]) in page
 
 
+@pytest.mark.parametrize("url_name", ["collection_ask", "ask"])
+def test_a_first_question_under_htmx_gets_its_conversation_page_in_the_same_response(client, setup, url_name):
+    client.force_login(setup["viewer"])
+    args = [setup["collection"].pk] if url_name == "collection_ask" else []
+    response = client.post(
+        reverse(url_name, args=args), {"question": "When does the backup run?"}, headers={"HX-Request": "true"}
+    )
+    conversation = Conversation.objects.get(user=setup["viewer"])
+    message = conversation.messages.get()
+    assert response.status_code == 200
+    assert response["HX-Push-Url"] == conversation.get_absolute_url()
+    assert response["HX-Retarget"] == "body" and response["HX-Reswap"] == "innerHTML"
+    page = response.content.decode()
+    assert reverse("message_stream", args=[message.pk]) in page  # the stream starts without another request
+    assert reverse("conversation_ask", args=[conversation.pk]) in page
+
+
 def test_conversation_of_another_user_is_404(client, setup):
     client.force_login(setup["viewer"])
     client.post(reverse("collection_ask", args=[setup["collection"].pk]), {"question": "backup?"})
