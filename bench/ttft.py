@@ -128,7 +128,9 @@ def model_ttft_ms(question: str, sources: list[dict]) -> float:
         stream.close()
 
 
-def browser_ttft_ms(web: httpx.Client, collection_id: int, question: str, *, htmx: bool = True) -> tuple[float, int, dict]:
+def browser_ttft_ms(
+    web: httpx.Client, collection_id: int, question: str, *, htmx: bool = True
+) -> tuple[float, int, dict]:
     """(ms from POST to the first token event, message id, phase times in ms).
 
     `htmx`: post as the page's htmx form does, which gets the conversation page in the
@@ -170,8 +172,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", metavar="FILE", help="also write each run's figures here")
     parser.add_argument("--direct", action="store_true", help="also time the same prompt sent straight to the model")
-    parser.add_argument("--no-js", action="store_true",
-                        help="ask as a browser without JavaScript: a redirect, then a GET of the conversation page")
+    parser.add_argument(
+        "--no-js",
+        action="store_true",
+        help="ask as a browser without JavaScript: a redirect, then a GET of the conversation page",
+    )
     args = parser.parse_args()
 
     collection = Collection.objects.get(name=args.collection)
@@ -205,7 +210,9 @@ def main() -> None:
                                                   "csrfmiddlewaretoken": web.cookies["csrftoken"]})  # fmt: skip
             assert signed_in.status_code == 302, "sign-in failed"
             flush(llm_url)
-            browser_ttft_ms(web, collection.pk, "warm-up: what is a list?", htmx=not args.no_js)  # loads the embedding model
+            browser_ttft_ms(
+                web, collection.pk, "warm-up: what is a list?", htmx=not args.no_js
+            )  # loads the embedding model
             for n, question in enumerate(questions, start=1):
                 flush(llm_url)
                 browser, message_id, phases = browser_ttft_ms(web, collection.pk, question, htmx=not args.no_js)
