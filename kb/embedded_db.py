@@ -6,7 +6,9 @@ a re-raised SIGTERM that skips atexit, so the count goes stale and the server ne
 kb therefore owns the lifetime itself:
 
 - a process that finds the server stopped starts it and stops it again when it exits
-  normally (a management command, a test session);
+  normally (a management command, a test session), unless another process is still
+  connected to it then (two commands run side by side: the first to finish must not
+  pull the server from under the other);
 - a process that finds it running only attaches;
 - under `make run`, `python -m kb.embedded_db` starts it first and stops it on Ctrl-C, and
   the web server and worker (KB_EMBEDDED_DB_KEEP=1) never stop it themselves.
@@ -69,8 +71,11 @@ def database_config(data_dir: Path, name: str = "kb") -> dict:
     """Start or attach to the embedded server and return a Django DATABASES entry."""
     started_here = not _is_running(data_dir)
     server = _server(data_dir)
+    # Every connection of this process carries this name, so that at exit it can tell
+    # its own connections (perhaps still open) from other processes'.
+    own_name = f"kb-{os.getpid()}"
     if started_here and not os.environ.get("KB_EMBEDDED_DB_KEEP"):
-        atexit.register(stop, data_dir)
+        atexit.register(stop_unless_in_use, data_dir, own_name)
     info = server.get_postmaster_info()
     _ensure_database(server, name)
     return {
@@ -80,7 +85,33 @@ def database_config(data_dir: Path, name: str = "kb") -> dict:
         "PASSWORD": "",
         "HOST": str(info.socket_dir),
         "PORT": "",
+        "OPTIONS": {"application_name": own_name},
     }
+
+
+def other_clients(data_dir: Path, own_name: str) -> int:
+    """How many connections to the server other processes hold (not this one's, nor this query's)."""
+    out = _server(data_dir).psql(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+        f"AND pid <> pg_backend_pid() AND application_name <> '{own_name}';"
+    )
+    counts = [int(line) for line in out.split() if line.isdigit()]
+    return counts[0] if counts else 0
+
+
+def stop_unless_in_use(data_dir: Path, own_name: str) -> None:
+    """At exit of the process that started the server: stop it, unless others still use it."""
+    if not _is_running(data_dir):
+        return
+    try:
+        others = other_clients(data_dir, own_name)
+    except Exception:  # noqa: BLE001 - at exit, a failed check must not keep a server up for nobody
+        logger.warning("could not count the embedded Postgres's other clients; stopping it", exc_info=True)
+        others = 0
+    if others:
+        logger.info("embedded Postgres left running: %d connection(s) of other processes", others)
+        return
+    stop(data_dir)
 
 
 def _ensure_database(server, name: str) -> None:
