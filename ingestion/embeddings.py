@@ -71,7 +71,7 @@ class EmbedSpec:
 
 
 def configured_spec() -> EmbedSpec:
-    """The model the settings name (KB_EMBED_MODEL, KB_EMBED_URL, KB_EMBED_DIM): new collections and re-indexing use it."""
+    """The model the settings name (KB_EMBED_MODEL, _URL, _DIM): new collections and re-indexing use it."""
     from django.conf import settings
 
     return EmbedSpec(model=settings.KB_EMBED_MODEL, url=settings.KB_EMBED_URL, dim=settings.KB_EMBED_DIM)

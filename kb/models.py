@@ -197,6 +197,23 @@ class Document(models.Model):
 FINISHED = (Document.Status.READY, Document.Status.FAILED, Document.Status.CANCELLED)
 
 
+class _EqualsAnyOf(Func):
+    """`expression = ANY(ARRAY(subquery))`.
+
+    The subquery runs once, before the scan, and each chunk is only compared with its
+    result. `IN (subquery)` may be planned as a join, which reads every row the HNSW
+    index returns before sorting them again: the index would no longer bound the search.
+    """
+
+    output_field = models.BooleanField()
+
+    def as_sql(self, compiler, connection, **extra_context):
+        value, subquery = self.get_source_expressions()
+        value_sql, value_params = compiler.compile(value)
+        subquery_sql, subquery_params = compiler.compile(subquery)
+        return f"({value_sql} = ANY(ARRAY{subquery_sql}))", (*value_params, *subquery_params)
+
+
 class ChunkQuerySet(models.QuerySet):
     def readable_by(self, user) -> ChunkQuerySet:
         from kb import access
@@ -208,7 +225,9 @@ class ChunkQuerySet(models.QuerySet):
 
     def live(self) -> ChunkQuerySet:
         """Chunks searched and shown: of their collection's model, not staged by a re-index still running."""
-        return self.filter(generation__in=Collection.objects.values("embed_generation"))
+        return self.filter(
+            _EqualsAnyOf(F("generation"), models.Subquery(Collection.objects.order_by().values("embed_generation")))
+        )
 
 
 class Chunk(models.Model):

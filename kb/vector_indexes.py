@@ -69,7 +69,11 @@ def ensure(dim: int) -> None:
         return
     concurrently = not connection.in_atomic_block
     with connection.cursor() as cursor:
+        if not concurrently:
+            # Postgres will not index a table with foreign-key checks still deferred in this transaction.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         if found == "invalid":
             cursor.execute(f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {index_name(dim)}")
         cursor.execute(create_sql(dim, concurrently=concurrently))
-
+        if not concurrently:
+            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
