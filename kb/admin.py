@@ -62,15 +62,19 @@ class CollectionAdmin(StaffAdmin):
 
     @admin.action(description="Re-embed every document with the configured model (of any size)")
     def reindex(self, request, queryset):
-        from kb import services
+        from ingestion.embeddings import configured_spec
 
         for collection in queryset:
             try:
                 count = services.collection_reindex(user=request.user, collection=collection)
-            except (PermissionError, ValidationError) as exc:
+            except PermissionError as exc:
                 self.message_user(request, f"{collection}: {exc}", messages.ERROR)
+            except ValidationError as exc:
+                self.message_user(request, f"{collection}: {' '.join(exc.messages)}", messages.ERROR)
             else:
-                self.message_user(request, f"{collection}: {count} document(s) queued for re-embedding.")
+                self.message_user(
+                    request, f"{collection}: {count} document(s) queued for re-embedding with {configured_spec()}."
+                )
 
     def save_formset(self, request, form, formset, change):
         super().save_formset(request, form, formset, change)

@@ -1,7 +1,9 @@
 """Hybrid retrieval: pgvector HNSW (cosine) and Postgres full-text, fused by reciprocal rank.
 
-Both legs start from Chunk.objects.readable_by(user), so access is decided in SQL before
+Both legs start from selectors.chunks_readable_by(user), so access is decided in SQL before
 anything is ranked, and nothing the user may not read can reach a prompt or a source list.
+Each collection's vectors are searched with the question embedded by that collection's
+own model (Collection.embed_model), through the HNSW index of that model's vector size.
 """
 
 from __future__ import annotations

@@ -464,7 +464,8 @@ def _document_prepare(*, document_id: int, reindex: bool = False) -> _Prepared |
         if generation is None:
             return None  # the re-index finished (or was replaced) before this task ran
         chunks = Chunk.objects.filter(document=document)
-        if chunks.filter(generation=generation).exists() or not chunks.exists():
+        in_use = chunks.filter(generation=collection.embed_generation)
+        if chunks.filter(generation=generation).exists() or not in_use.exists():
             # Re-embedded already (a redelivered task), or not ingested yet: its ingestion
             # queues it for the re-index when it stores the chunks.
             return None
@@ -922,10 +923,12 @@ def _next_generation() -> int:
 
 def _documents_to_reindex(collection: Collection):
     """Ids of the documents in use (with chunks of the current generation) not yet embedded for the re-index."""
-    staged = Chunk.objects.filter(collection=collection, generation=collection.reindex_generation)
+    # NOT EXISTS probes chunk_unique_ordinal (document, generation, ...) per chunk, so the
+    # check after each document stops at the first one not done instead of hashing them all.
+    staged = Chunk.objects.filter(document_id=models.OuterRef("document_id"), generation=collection.reindex_generation)
     return (
         Chunk.objects.filter(collection=collection, generation=collection.embed_generation)
-        .exclude(document_id__in=staged.values("document_id"))
+        .exclude(models.Exists(staged))
         .values_list("document_id", flat=True)
         .distinct()
         .order_by("document_id")

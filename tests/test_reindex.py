@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 from django.urls import reverse
 
-from ingestion import tasks
+from ingestion import pipeline, tasks
 from ingestion.embeddings import EmbedSpec
 from kb import retrieval, services, vector_indexes
 from kb.access import system_user
@@ -271,6 +271,45 @@ def test_a_document_changed_during_a_reindex_is_embedded_with_the_new_model_too(
     assert collection.embed_spec.dim == SMALL and dims(collection) == {SMALL}
     assert "thirty" in " ".join(Chunk.objects.filter(document=backups).values_list("text", flat=True))
     assert top_heading(reader, "how many backup copies are kept", mode="keyword") == "Schedule"
+
+
+def test_a_document_embedded_while_its_collection_switched_model_is_embedded_again(ops, configure, monkeypatch):
+    reader, collection, _ = ops
+    drill = services.document_upload(
+        user=system_user(), collection=collection, file=io.BytesIO(b"# Restore drill\n\nPractise a restore."),
+        source_path="drill.md", enqueue=False,
+    ).document  # fmt: skip
+    embed_texts = pipeline.embed_texts
+
+    def switching_midway(texts, **kwargs):
+        vectors = embed_texts(texts, **kwargs)
+        if len(vectors[0]) == 384 and Collection.objects.get(pk=collection.pk).embed_spec.dim == 384:
+            configure(small=True)  # the re-index finishes while this document is embedded
+            services.collection_reindex(user=system_user(), collection=collection, inline=True)
+        return vectors
+
+    monkeypatch.setattr(pipeline, "embed_texts", switching_midway)
+    services.document_process(document_id=drill.pk)
+
+    collection.refresh_from_db()
+    assert collection.embed_spec.dim == SMALL and dims(collection, document=drill) == {SMALL}
+    assert dims(collection) == {SMALL}
+
+
+def test_a_re_embedding_task_that_fails_marks_the_document_and_keeps_the_old_model(ops, configure, queued, settings):
+    reader, collection, (backups, *_) = ops
+    configure(small=True)
+    settings.KB_EMBED_DIM = 100  # not the model's size: embedding raises ImproperlyConfigured
+    services.collection_reindex(user=system_user(), collection=collection)
+
+    with pytest.raises(Exception, match="KB_EMBED_DIM"):
+        tasks.reindex_document(backups.pk)
+
+    backups.refresh_from_db()
+    collection.refresh_from_db()
+    assert backups.status == Document.Status.FAILED and "unexpected error" in backups.error
+    assert collection.embed_spec.dim == 384 and collection.reindex_spec.dim == 100
+    assert top_heading(reader, "how do I restore a backup") == "Restore"
 
 
 def test_deleting_during_a_reindex_removes_chunks_of_both_generations(ops, configure, queued):
