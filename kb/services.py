@@ -22,11 +22,13 @@ from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import models, transaction
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from kb import access, answering, llm, retrieval, selectors
 from kb.models import (
     FINISHED,
+    GENERATION_SEQUENCE,
     ApiToken,
     AuditEvent,
     Chunk,
@@ -358,31 +360,56 @@ class DocumentCancelled(Exception):
     """The document's batch was cancelled while the worker processed it."""
 
 
+class ModelChanged(Exception):
+    """The collection switched to another model while a document was embedded with the old one."""
+
+
 def document_process(*, document_id: int, reindex: bool = False) -> None:
     """Parse, chunk, embed and store one document; idempotent, safe to run twice.
 
-    reindex=True processes a ready document again (kb_reindex): its old chunks stay
-    searchable until the new ones replace them in one transaction.
+    A document is embedded with its collection's model. reindex=True embeds a document
+    already in use again with the model of the collection's running re-index
+    (collection_reindex), into staged chunks that search ignores until the whole
+    collection switches over; the last document to finish makes the switch.
     """
+    for _attempt in range(3):
+        prepared = _document_prepare(document_id=document_id, reindex=reindex)
+        try:
+            if prepared is not None:
+                _document_embed_and_store(prepared)
+        except ModelChanged:
+            # Re-indexing finished while this version was embedded with the model before:
+            # embed it again, with the collection's model now.
+            logger.info("document %s: its collection changed model meanwhile; embedding again", document_id)
+            continue
+        if reindex:
+            # Also when this document was done before: a redelivered task finishes what a
+            # worker that died between storing and switching left undone.
+            collection_id = Document.objects.filter(pk=document_id).values_list("collection_id", flat=True).first()
+            if collection_id is not None:
+                collection_reindex_finish(collection_id=collection_id)
+        return
+    raise ModelChanged(f"Document {document_id}'s collection kept changing model while it was embedded.")
+
+
+def _document_embed_and_store(prepared: _Prepared) -> bool:
     from ingestion.pipeline import embed_texts
 
-    prepared = _document_prepare(document_id=document_id, reindex=reindex)
-    if prepared is None:
-        return
     total = len(prepared.texts)
 
     def progress(done: int, _total: int) -> None:
         if not document_mark(
-            document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", done=done, total=total
-        ):
+            document_id=prepared.document_id, status=Document.Status.PROCESSING, stage="embedding", done=done,
+            total=total,
+        ):  # fmt: skip
             raise DocumentCancelled
 
     try:
-        vectors = embed_texts(prepared.texts, progress=progress)
+        vectors = embed_texts(prepared.texts, progress=progress, embedder=prepared.embedder)
     except DocumentCancelled:
-        logger.info("document %s was cancelled while it was processed", document_id)
-        return
-    _document_store_chunks(prepared, vectors)
+        logger.info("document %s was cancelled while it was processed", prepared.document_id)
+        return False
+    return _document_store_chunks(prepared, vectors)
 
 
 def documents_process(*, document_ids: list[int], progress=None) -> None:
@@ -390,37 +417,63 @@ def documents_process(*, document_ids: list[int], progress=None) -> None:
 
     Bulk ingestion of many small pages otherwise embeds a few chunks at a time; together,
     sorted by length across documents, the batches are full and carry little padding.
-    progress(done, total) counts chunks embedded.
+    progress(done, total) counts chunks embedded (documents of one collection share a pass).
     """
     from ingestion.pipeline import embed_texts
 
     prepared = [p for p in (_document_prepare(document_id=pk) for pk in document_ids) if p is not None]
-    vectors = embed_texts([t for p in prepared for t in p.texts], progress=progress)
-    first = 0
+    by_generation: dict[int, list[_Prepared]] = {}
     for item in prepared:
-        _document_store_chunks(item, vectors[first : first + len(item.texts)])
-        first += len(item.texts)
+        by_generation.setdefault(item.generation, []).append(item)
+    for group in by_generation.values():
+        vectors = embed_texts([t for p in group for t in p.texts], progress=progress, embedder=group[0].embedder)
+        first = 0
+        for item in group:
+            try:
+                _document_store_chunks(item, vectors[first : first + len(item.texts)])
+            except ModelChanged:
+                document_process(document_id=item.document_id)
+            first += len(item.texts)
 
 
 @dataclass
 class _Prepared:
     document_id: int
+    collection_id: int
     content_hash: str
     parsed: object  # ingestion.pipeline.ParsedDocument
     texts: list[str]  # what gets embedded: each chunk with its title and heading path
+    embedder: object  # ingestion.embeddings.Embedder of the collection's model (or its re-index's)
+    generation: int  # the collection generation the vectors are for
+    staged: bool  # for a running re-index, not yet searched
 
 
 def _document_prepare(*, document_id: int, reindex: bool = False) -> _Prepared | None:
     """Parse and chunk a document, marking it as it goes; None if there is nothing (more) to do."""
+    from ingestion.embeddings import get_embedder
     from ingestion.errors import IngestError
     from ingestion.pipeline import embedding_text, parse_and_chunk
 
-    document = Document.objects.filter(pk=document_id).first()
+    document = Document.objects.select_related("collection").filter(pk=document_id).first()
     if document is None:
         logger.info("document %s is gone; nothing to do", document_id)
         return None
-    if document.status in (Document.Status.READY, Document.Status.CANCELLED) and not reindex:
+    collection = document.collection
+    if reindex:
+        generation, spec = collection.reindex_generation, collection.reindex_spec
+        if generation is None:
+            return None  # the re-index finished (or was replaced) before this task ran
+        chunks = Chunk.objects.filter(document=document)
+        in_use = chunks.filter(generation=collection.embed_generation)
+        if chunks.filter(generation=generation).exists() or not in_use.exists():
+            # Re-embedded already (a redelivered task), or not ingested yet: its ingestion
+            # queues it for the re-index when it stores the chunks.
+            return None
+    elif document.status in (Document.Status.READY, Document.Status.CANCELLED):
         return None  # a redelivered task for work already done, or work nobody wants any more
+    else:
+        generation, spec = collection.embed_generation, collection.embed_spec
+    embedder = get_embedder(spec)
     Document.objects.filter(pk=document_id).update(attempts=models.F("attempts") + 1)
     if not document_mark(document_id=document_id, status=Document.Status.PROCESSING, stage="parsing"):
         return None
@@ -428,26 +481,42 @@ def _document_prepare(*, document_id: int, reindex: bool = False) -> _Prepared |
         with _local_file(document.file.name) as path:
             if not path.exists():
                 raise IngestError("The uploaded file is missing from storage; upload it again.")
-            parsed = parse_and_chunk(path, source_path=document.source_path)
+            parsed = parse_and_chunk(path, source_path=document.source_path, embedder=embedder)
         if not parsed.chunks:
             raise IngestError("No text could be extracted from this file.")
     except IngestError as exc:
         document_mark(document_id=document_id, status=Document.Status.FAILED, error=str(exc))
         logger.info("document %s failed: %s", document_id, exc)
         return None
-    texts = [embedding_text(title=parsed.title, heading_path=c.heading_path, text=c.text) for c in parsed.chunks]
+    texts = [
+        embedding_text(title=parsed.title, heading_path=c.heading_path, text=c.text, embedder=embedder)
+        for c in parsed.chunks
+    ]
     if not document_mark(
         document_id=document_id, status=Document.Status.PROCESSING, stage="embedding", total=len(texts)
     ):
         return None
-    return _Prepared(document_id, document.content_hash, parsed, texts)
+    return _Prepared(
+        document_id=document_id, collection_id=collection.pk, content_hash=document.content_hash, parsed=parsed,
+        texts=texts, embedder=embedder, generation=generation, staged=reindex,
+    )  # fmt: skip
 
 
-def _document_store_chunks(prepared: _Prepared, vectors) -> None:
+def _document_store_chunks(prepared: _Prepared, vectors) -> bool:
+    from kb import vector_indexes
+
     parsed = prepared.parsed
-    document_replace_chunks(
+    if vectors and not transaction.get_connection().in_atomic_block:
+        # The first vectors of a new size get their index (built concurrently, outside any transaction).
+        vector_indexes.ensure(len(vectors[0]))
+    if prepared.staged:
+        return document_stage_chunks(
+            document_id=prepared.document_id, content_hash=prepared.content_hash, generation=prepared.generation,
+            chunks=parsed.chunks, vectors=vectors,
+        )  # fmt: skip
+    return document_replace_chunks(
         document_id=prepared.document_id, content_hash=prepared.content_hash, title=parsed.title,
-        chunks=parsed.chunks, vectors=vectors, metadata=parsed.metadata,
+        chunks=parsed.chunks, vectors=vectors, metadata=parsed.metadata, generation=prepared.generation,
     )  # fmt: skip
 
 
@@ -465,33 +534,67 @@ def _local_file(name: str) -> Iterator[Path]:
         yield Path(tmp.name)
 
 
+def _collection_generations(collection_id: int) -> tuple[int, int | None] | None:
+    """(embed_generation, reindex_generation) of a collection, locked against a switch until commit.
+
+    FOR SHARE: documents of one collection store their chunks side by side, while
+    collection_reindex_finish (FOR UPDATE) waits for them, and they for it.
+    """
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT embed_generation, reindex_generation FROM {Collection._meta.db_table} WHERE id = %s FOR SHARE",
+            [collection_id],
+        )
+        return cursor.fetchone()
+
+
+def _chunk_rows(document: Document, generation: int, chunks, vectors) -> list[Chunk]:
+    return [
+        Chunk(
+            document=document,
+            collection_id=document.collection_id,
+            generation=generation,
+            ordinal=i,
+            text=c.text,
+            heading_path=c.heading_path[:1000],
+            page=c.page,
+            start_char=c.start_char,
+            end_char=c.end_char,
+            embedding=vector,
+        )
+        for i, (c, vector) in enumerate(zip(chunks, vectors, strict=True))
+    ]
+
+
 @transaction.atomic
 def document_replace_chunks(
-    *, document_id: int, content_hash: str, title: str, chunks, vectors, metadata: dict | None = None
-) -> bool:
-    """Swap a document's chunks for new ones in one transaction; False if the work is stale."""
+    *, document_id: int, content_hash: str, title: str, chunks, vectors, metadata: dict | None = None,
+    generation: int | None = None,
+) -> bool:  # fmt: skip
+    """Swap a document's chunks for new ones in one transaction; False if the work is stale.
+
+    `generation` is the collection generation the vectors were embedded for; ModelChanged
+    if the collection has switched to another since.
+    """
+    collection_id = Document.objects.filter(pk=document_id).values_list("collection_id", flat=True).first()
+    locked = _collection_generations(collection_id) if collection_id is not None else None
     document = Document.objects.select_for_update().filter(pk=document_id).first()
-    if document is None or document.content_hash != content_hash or document.status == Document.Status.CANCELLED:
+    if (
+        locked is None
+        or document is None
+        or document.content_hash != content_hash
+        or document.status == Document.Status.CANCELLED
+    ):
         # Deleted, re-uploaded while we worked (the newer version's task will store it), or cancelled.
         return False
+    current, reindexing = locked
+    if generation is not None and generation != current:
+        raise ModelChanged
+    # Every generation goes: a running re-index's staged chunks are of the previous version.
     Chunk.objects.filter(document=document).delete()
-    Chunk.objects.bulk_create(
-        [
-            Chunk(
-                document=document,
-                collection_id=document.collection_id,
-                ordinal=i,
-                text=c.text,
-                heading_path=c.heading_path[:1000],
-                page=c.page,
-                start_char=c.start_char,
-                end_char=c.end_char,
-                embedding=vector,
-            )
-            for i, (c, vector) in enumerate(zip(chunks, vectors, strict=True))
-        ],
-        batch_size=500,
-    )
+    Chunk.objects.bulk_create(_chunk_rows(document, current, chunks, vectors), batch_size=500)
     if title:
         document.title = title[:500]
     if metadata is not None:
@@ -499,6 +602,26 @@ def document_replace_chunks(
     document.chunk_count = len(chunks)
     _set_status(document, Document.Status.READY, stage="", done=len(chunks), total=len(chunks), error="")
     document.save()
+    if reindexing is not None:
+        # A version stored during a re-index needs the new model's vectors too.
+        from ingestion.tasks import reindex_document
+
+        reindex_document.delay_on_commit(document.pk)
+    return True
+
+
+@transaction.atomic
+def document_stage_chunks(*, document_id: int, content_hash: str, generation: int, chunks, vectors) -> bool:
+    """Store a document's chunks for a running re-index, unsearched until the switch; False if stale."""
+    collection_id = Document.objects.filter(pk=document_id).values_list("collection_id", flat=True).first()
+    locked = _collection_generations(collection_id) if collection_id is not None else None
+    document = Document.objects.select_for_update().filter(pk=document_id).first()
+    if locked is None or locked[1] != generation or document is None or document.content_hash != content_hash:
+        return False  # the re-index finished or was replaced, or the document changed or went
+    Chunk.objects.filter(document=document, generation=generation).delete()
+    Chunk.objects.bulk_create(_chunk_rows(document, generation, chunks, vectors), batch_size=500)
+    _set_status(document, Document.Status.READY, stage="", done=len(chunks), total=len(chunks), error="")
+    document.save(update_fields=["status", "stage", "progress_done", "progress_total", "error", "updated_at"])
     return True
 
 
@@ -739,42 +862,43 @@ def documents_recover_stale(*, collection_ids=None) -> dict:
     return result
 
 
-def _stored_embedding_dimension() -> int:
-    """The N of the database's vector(N) chunk column (pgvector keeps it as the type modifier)."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT atttypmod FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'embedding'",
-            [Chunk._meta.db_table],
-        )
-        return cursor.fetchone()[0]
-
-
 def collection_reindex(*, user, collection: Collection, inline: bool = False, progress=None) -> int:
-    """Embed every document of the collection again (e.g. after changing the embedding model).
+    """Embed every document of the collection again with the configured model, of any size.
 
-    Each document's old chunks stay searchable until its new ones replace them in one
-    transaction, so search keeps working throughout. Returns the number of documents.
+    The new chunks are written beside the ones in use, under a new generation that search
+    ignores; when the last document is done, collection_reindex_finish switches the
+    collection to the new model in one transaction. Until then questions are answered
+    from the old vectors with the old model. Running it again while a re-index of the same
+    model is under way resumes it (documents done are not embedded twice); with another
+    model configured meanwhile it starts over with that one. Returns the number of
+    documents queued (or, inline, processed).
     """
+    from ingestion.embeddings import configured_spec
+    from kb import vector_indexes
+
     if not access.can_edit(user, collection):
         raise PermissionError("You cannot re-index this collection.")
-    stored = _stored_embedding_dimension()
-    if stored != settings.KB_EMBED_DIM:
-        # Same-dimension models only, for now: chunk vectors live in one typed vector(N)
-        # column with one HNSW index, shared by every collection. A model of another size
-        # needs a second column (or an untyped one with per-dimension expression indexes)
-        # and retrieval that embeds each query with the model of each collection.
-        raise ValidationError(
-            f"The chunk table holds {stored}-dimensional vectors but KB_EMBED_DIM is {settings.KB_EMBED_DIM}; "
-            "re-embedding into another dimension is not supported yet. Use a model of the same dimension."
-        )
-    ids = list(
-        Document.objects.filter(collection=collection, status=Document.Status.READY).values_list("pk", flat=True)
-    )
-    audit_record(
-        actor=user, action="collection.reindex", collection=collection, target=collection.name, documents=len(ids)
-    )
+    spec = configured_spec()
+    vector_indexes.check_dim(spec.dim)
+    # Built before the first new vector arrives, and concurrently when not inside a
+    # transaction: searches and ingestion go on while it is made.
+    vector_indexes.ensure(spec.dim)
+    with transaction.atomic():
+        collection = Collection.objects.select_for_update().get(pk=collection.pk)
+        previous = collection.reindex_spec
+        if previous != spec:
+            if previous is not None:
+                # Another model was configured meanwhile: what the earlier run staged is of no use.
+                Chunk.objects.filter(collection=collection, generation=collection.reindex_generation).delete()
+            collection.reindex_model = spec.as_json()
+            collection.reindex_generation = _next_generation()
+            collection.save(update_fields=["reindex_model", "reindex_generation"])
+        ids = list(_documents_to_reindex(collection))
+        audit_record(
+            actor=user, action="collection.reindex", collection=collection, target=collection.name,
+            documents=len(ids), model=spec.as_json(), previous_model=collection.embed_model,
+            resumed=previous == spec,
+        )  # fmt: skip
     for n, document_id in enumerate(ids, start=1):
         if inline:
             document_process(document_id=document_id, reindex=True)
@@ -784,7 +908,63 @@ def collection_reindex(*, user, collection: Collection, inline: bool = False, pr
             reindex_document.delay(document_id)
         if progress is not None:
             progress(n, len(ids))
+    # Nothing (left) to embed, e.g. an empty collection: switch now.
+    collection_reindex_finish(collection_id=collection.pk)
     return len(ids)
+
+
+def _next_generation() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(%s)", [GENERATION_SEQUENCE])
+        return cursor.fetchone()[0]
+
+
+def _documents_to_reindex(collection: Collection):
+    """Ids of the documents in use (with chunks of the current generation) not yet embedded for the re-index."""
+    # NOT EXISTS probes chunk_unique_ordinal (document, generation, ...) per chunk, so the
+    # check after each document stops at the first one not done instead of hashing them all.
+    staged = Chunk.objects.filter(document_id=models.OuterRef("document_id"), generation=collection.reindex_generation)
+    return (
+        Chunk.objects.filter(collection=collection, generation=collection.embed_generation)
+        .exclude(models.Exists(staged))
+        .values_list("document_id", flat=True)
+        .distinct()
+        .order_by("document_id")
+    )
+
+
+def collection_reindex_finish(*, collection_id: int) -> bool:
+    """Switch the collection to its re-index's model once every document has its new chunks; True if it did.
+
+    One transaction: the new chunks become the ones searched, the old ones are deleted, and
+    the collection records its new model, so a question sees either all old or all new.
+    """
+    with transaction.atomic():
+        collection = Collection.objects.select_for_update().filter(pk=collection_id).first()
+        if collection is None or collection.reindex_generation is None:
+            return False
+        if _documents_to_reindex(collection).exists():
+            return False  # still under way, or a document failed: the old model serves meanwhile
+        old_model, new_generation = collection.embed_model, collection.reindex_generation
+        Chunk.objects.filter(collection=collection).exclude(generation=new_generation).delete()
+        collection.embed_model, collection.embed_generation = collection.reindex_model, new_generation
+        collection.reindex_model = collection.reindex_generation = None
+        collection.save(update_fields=["embed_model", "embed_generation", "reindex_model", "reindex_generation"])
+        counts = (
+            Chunk.objects.filter(document=models.OuterRef("pk"))
+            .values("document")
+            .annotate(n=models.Count("pk"))
+            .values("n")
+        )
+        Document.objects.filter(collection=collection).update(chunk_count=Coalesce(models.Subquery(counts), 0))
+        audit_record(
+            actor=None, action="collection.reindex.switch", collection=collection, target=collection.name,
+            model=collection.embed_model, previous_model=old_model,
+        )  # fmt: skip
+    logger.info("collection %s now searches with %s", collection_id, collection.embed_spec)
+    return True
 
 
 # Conversations ---------------------------------------------------------------------------

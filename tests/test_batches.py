@@ -288,18 +288,21 @@ def test_kb_reindex_re_embeds_a_collection_by_name():
     old = set(Chunk.objects.filter(document=document).values_list("pk", flat=True))
     out = io.StringIO()
     call_command("kb_reindex", "--collection", "Ops", "--inline", stdout=out, stderr=io.StringIO())
-    assert out.getvalue().strip() == "Re-embedded 1 document(s) of Ops."
+    assert out.getvalue().splitlines() == [
+        "Re-embedded 1 document(s) of Ops.",
+        "Ops searches with all-MiniLM-L6-v2 (bundled), 384 dims.",
+    ]
     assert not set(Chunk.objects.filter(document=document).values_list("pk", flat=True)) & old
 
 
-def test_kb_reindex_refuses_a_model_of_another_dimension_and_keeps_the_chunks(settings):
+def test_kb_reindex_refuses_a_model_too_large_to_index_and_keeps_the_chunks(settings):
     from django.core.management import CommandError, call_command
 
     collection = make_collection("Ops")
     document = add_document(collection, "backups.md", BACKUPS)
     old = set(Chunk.objects.filter(document=document).values_list("pk", flat=True))
-    settings.KB_EMBED_DIM = 768
-    with pytest.raises(CommandError, match="holds 384-dimensional vectors but KB_EMBED_DIM is 768"):
+    settings.KB_EMBED_DIM = 3072
+    with pytest.raises(CommandError, match="HNSW index takes vectors of 1 to 2,000 dimensions, not 3072"):
         call_command("kb_reindex", "--collection", "Ops", "--inline", stdout=io.StringIO(), stderr=io.StringIO())
     assert set(Chunk.objects.filter(document=document).values_list("pk", flat=True)) == old
 

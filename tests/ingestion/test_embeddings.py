@@ -41,7 +41,7 @@ def test_loading_the_default_model_opens_no_connection(monkeypatch):
 
 
 def test_a_configured_url_selects_the_tei_server(settings, monkeypatch):
-    monkeypatch.setattr(embeddings, "_default", None)  # restored after the test
+    monkeypatch.setattr(embeddings, "_registry", {})  # restored after the test
     settings.KB_EMBED_URL = "http://tei.internal:8080"
 
     chosen = get_embedder()

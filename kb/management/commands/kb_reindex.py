@@ -11,8 +11,10 @@ from kb import access, selectors, services
 
 class Command(BaseCommand):
     help = (
-        "Re-embed every ready document of a collection (through the workers, or here with --inline). "
-        "Search keeps answering from the old vectors of each document until its new ones replace them."
+        "Re-embed every document of a collection with the configured model (KB_EMBED_MODEL, KB_EMBED_URL, "
+        "KB_EMBED_DIM; any size), through the workers or here with --inline. Search keeps answering from "
+        "the old vectors with the old model until every document is done; then the collection switches "
+        "over in one transaction. Run it again to resume after a failure."
     )
 
     def add_arguments(self, parser):
@@ -38,3 +40,13 @@ class Command(BaseCommand):
             bar.close()
         verb = "Re-embedded" if inline else "Queued"
         self.stdout.write(f"{verb} {count} document(s) of {target.name}.")
+        target.refresh_from_db()
+        if target.reindex_spec is None:
+            self.stdout.write(f"{target.name} searches with {target.embed_spec}.")
+        elif inline:
+            raise CommandError(
+                f"{target.name} still searches with {target.embed_spec}: some documents could not be re-embedded "
+                "(their error is on the document). Fix them and run kb_reindex again to finish."
+            )
+        else:
+            self.stdout.write(f"{target.name} switches to {target.reindex_spec} when the workers have done them all.")
