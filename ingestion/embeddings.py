@@ -121,7 +121,7 @@ class LocalEmbedder:
     ) -> None:
         from django.conf import settings
 
-        from ingestion.onnx_model import BACKENDS
+        from ingestion.onnx_model import BACKENDS, check_installed
 
         self.location = location
         self.dim = dim
@@ -130,6 +130,8 @@ class LocalEmbedder:
         self.backend = backend or settings.KB_EMBED_BACKEND
         if self.backend not in BACKENDS:
             raise ImproperlyConfigured(f"KB_EMBED_BACKEND is {self.backend!r}; expected one of {', '.join(BACKENDS)}.")
+        if self.backend != "torch":
+            check_installed(self.backend)
         self.cache = Path(cache or settings.KB_EMBED_CACHE)
         self.max_tokens = model_window(location)
         self.tokenizer = load_tokenizer(location)

@@ -45,6 +45,18 @@ OPSET = 17
 QUANTIZATION = {"per_channel": True, "reduce_range": True, "op_types_to_quantize": ["MatMul"]}
 
 
+def check_installed(backend: str) -> None:
+    """Fail at start-up, with the fix, when an ONNX backend is chosen but ONNX Runtime is missing."""
+    import importlib.util
+
+    missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImproperlyConfigured(
+            f"KB_EMBED_BACKEND={backend} needs {' and '.join(missing)}: pip install -e '.[onnx]' "
+            "(or set KB_EMBED_BACKEND=torch)."
+        )
+
+
 def export_folder(location: str, cache: Path) -> Path:
     """The cache folder for this model: named after it and a digest of its files' identity and the recipe."""
     folder = Path(location)
