@@ -155,8 +155,9 @@ def pooling_mode(location: str) -> str:
     modules = folder / "modules.json"
     if not modules.is_file():
         return "mean"  # a bare transformers folder: sentence-transformers would mean-pool it too
-    kinds = [m.get("type", "") for m in json.loads(modules.read_text())]
-    pooling = next((m for m in json.loads(modules.read_text()) if m.get("type", "").endswith("Pooling")), None)
+    listed = json.loads(modules.read_text())
+    kinds = [m.get("type", "") for m in listed]
+    pooling = next((m for m in listed if m.get("type", "").endswith("Pooling")), None)
     supported = {"sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                  "sentence_transformers.models.Normalize"}  # fmt: skip
     if not set(kinds) <= supported or pooling is None:
