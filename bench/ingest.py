@@ -4,8 +4,12 @@ against the bare sentence-transformers model embedding the very same texts.
     KB_DB_NAME=kb_bench .venv/bin/python bench/ingest.py [--path DIR] [--limit N] [--json OUT]
 
 Reports pages, chunks, word pieces embedded, wall time split into parse / chunk / embed /
-store (and the rest: hashing, storing the upload, status updates), peak RSS, and two ratios:
-end-to-end ÷ bare embedding, and kb's word pieces per second ÷ the bare model's. The timings
+store (and the rest: hashing, storing the upload, status updates), peak RSS, and two ratios
+against the bare fp32 model (sentence-transformers `encode`, torch): end-to-end ÷ bare
+embedding, and kb's word pieces per second ÷ the bare model's. kb runs with the configured
+KB_EMBED_BACKEND; when that is an ONNX backend, the same texts also go through that model
+bare (kb's ONNX runner alone), so the run shows how much of the gain is the model and how
+much kb's pipeline keeps. --repeats N times the bare legs N times, alternating (medians). The timings
 come from wrappers around the real functions (nothing is replaced), so the run is the real
 pipeline. The collection it fills ("bench: <folder name>") is emptied first; use a database
 of its own (KB_DB_NAME) to leave yours alone.
@@ -55,6 +59,57 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def bare_rates(texts: list[str], embedder, word_pieces: int, wall: float, *, repeats: int) -> dict:
+    """The same texts through the bare fp32 model and, when kb runs ONNX, through the bare ONNX model.
+
+    "Bare" is the model alone: sentence-transformers `encode` (fp32 torch, which sorts by
+    length itself) or kb's ONNX runner called on length-sorted batches, with none of kb's
+    parsing, chunking, storing or bookkeeping. Rounds alternate the two; medians are quoted.
+    """
+    import statistics
+
+    from django.conf import settings
+    from sentence_transformers import SentenceTransformer
+
+    from ingestion.embeddings import model_location
+
+    size = settings.KB_EMBED_BATCH_SIZE
+    model = SentenceTransformer(model_location(), device="cpu", local_files_only=True)
+    model.max_seq_length = embedder.max_tokens
+    model.encode(["warm up"])
+    runners = {"bare": lambda: model.encode(texts, batch_size=size, normalize_embeddings=True)}
+    backend = getattr(embedder, "backend", "torch")
+    if backend != "torch":
+        onnx = embedder._loaded()  # the very model kb ran, already loaded
+        lengths = [len(e.ids) for e in embedder.tokenizer.encode_batch(texts)]
+        ordered = [texts[i] for i in sorted(range(len(texts)), key=lambda i: -lengths[i])]
+        runners["bare_backend"] = lambda: [onnx.embed(ordered[i : i + size]) for i in range(0, len(ordered), size)]
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(max(1, repeats)):
+        for name, run in runners.items():
+            started = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - started)
+    bare = statistics.median(seconds["bare"])
+    figures = {
+        "bare_embed_s": round(bare, 1),
+        "bare_embed_s_rounds": [round(s, 1) for s in seconds["bare"]],
+        "bare_word_pieces_per_s": round(word_pieces / bare),
+        "ratio_end_to_end_over_bare": round(wall / bare, 2),
+        "ratio_kb_rate_over_bare_rate": round(bare / wall, 2),
+    }
+    if "bare_backend" in seconds:
+        own = statistics.median(seconds["bare_backend"])
+        figures.update(
+            bare_backend_embed_s=round(own, 1),
+            bare_backend_embed_s_rounds=[round(s, 1) for s in seconds["bare_backend"]],
+            bare_backend_word_pieces_per_s=round(word_pieces / own),
+            ratio_bare_backend_rate_over_bare_rate=round(bare / own, 2),
+            ratio_end_to_end_over_bare_backend=round(wall / own, 2),
+        )
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", type=Path, default=MANUAL)
@@ -62,6 +117,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="only every K-th file (sorted): a spread-out sample")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--skip-bare", action="store_true", help="skip the bare-model comparison")
+    parser.add_argument("--repeats", type=int, default=1, help="bare legs: rounds, alternating the models (medians)")
     args = parser.parse_args()
 
     import django
@@ -103,6 +159,7 @@ def main() -> None:
     embedder.embed(["warm up"])  # load the model outside the timed run, as a long-lived worker has it
     load_s = time.perf_counter() - loaded
 
+    load_start = os.getloadavg()[0]
     started = time.perf_counter()
     call_command("kb_ingest", str(source), "--collection", name, "--create", "--inline", "--json",
                  stdout=open(os.devnull, "w"))  # fmt: skip
@@ -120,6 +177,7 @@ def main() -> None:
         "source": str(args.path), "pages": pages, "documents": documents.count(), "failed": failed,
         "chunks": chunks, "texts_embedded": len(embedded), "word_pieces": word_pieces,
         "texts_over_window": truncated, "batch_size": settings.KB_EMBED_BATCH_SIZE,
+        "backend": getattr(embedder, "backend", "torch"), "load_average_start": round(load_start, 1),
         "model_load_s": round(load_s, 1), "wall_s": round(wall, 1),
         **{f"{k}_s": round(totals[k], 1) for k in ("parse", "chunk", "embed", "store")},
         "other_s": round(wall - sum(totals[k] for k in ("parse", "chunk", "embed", "store")), 1),
@@ -129,23 +187,9 @@ def main() -> None:
     # The chunk step runs inside parse_and_chunk, after read: parse is the reader alone.
 
     if not args.skip_bare:
-        from sentence_transformers import SentenceTransformer
-
-        from ingestion.embeddings import model_location
-
-        model = SentenceTransformer(model_location(), device="cpu", local_files_only=True)
-        model.max_seq_length = embedder.max_tokens
-        model.encode(["warm up"])
-        started = time.perf_counter()
-        model.encode(embedded, batch_size=settings.KB_EMBED_BATCH_SIZE, normalize_embeddings=True)
-        bare = time.perf_counter() - started
-        result.update(
-            bare_embed_s=round(bare, 1),
-            bare_word_pieces_per_s=round(word_pieces / bare),
-            ratio_end_to_end_over_bare=round(wall / bare, 2),
-            ratio_kb_rate_over_bare_rate=round(bare / wall, 2),
-        )
+        result.update(bare_rates(embedded, embedder, word_pieces, wall, repeats=args.repeats))
     result["peak_rss_mb"] = round(peak_rss_mb())
+    result["load_average_end"] = round(os.getloadavg()[0], 1)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

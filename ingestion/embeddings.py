@@ -134,16 +134,39 @@ def _model_file(location: str, name: str) -> Path | None:
 
 
 class LocalEmbedder:
-    """A sentence-transformers model in this process, through llama-index's HuggingFaceEmbedding.
+    """A sentence-transformers model in this process.
 
-    The tokenizer loads at once (chunking needs it); the model loads on the first embed().
+    KB_EMBED_BACKEND says how it runs: "torch" through llama-index's HuggingFaceEmbedding,
+    "onnx" / "onnx-int8" through ONNX Runtime (ingestion/onnx_model.py), from a file exported
+    once into KB_EMBED_CACHE. Documents and questions go through the same instance, so they
+    are always embedded by the same backend. The tokenizer loads at once (chunking needs
+    it); the model loads on the first embed().
     """
 
-    def __init__(self, location: str, *, dim: int, batch_size: int, device: str | None = None) -> None:
+    def __init__(
+        self,
+        location: str,
+        *,
+        dim: int,
+        batch_size: int,
+        device: str | None = None,
+        backend: str | None = None,
+        cache: Path | None = None,
+    ) -> None:
+        from django.conf import settings
+
+        from ingestion.onnx_model import BACKENDS, check_installed
+
         self.location = location
         self.dim = dim
         self.batch_size = batch_size
         self.device = device
+        self.backend = backend or settings.KB_EMBED_BACKEND
+        if self.backend not in BACKENDS:
+            raise ImproperlyConfigured(f"KB_EMBED_BACKEND is {self.backend!r}; expected one of {', '.join(BACKENDS)}.")
+        if self.backend != "torch":
+            check_installed(self.backend)
+        self.cache = Path(cache or settings.KB_EMBED_CACHE)
         self.max_tokens = model_window(location)
         self.tokenizer = load_tokenizer(location)
         self._model = None
@@ -151,7 +174,21 @@ class LocalEmbedder:
 
     def _loaded(self):
         with self._lock:
-            if self._model is None:
+            if self._model is None and self.backend != "torch":
+                from django.conf import settings
+
+                from ingestion.onnx_model import OnnxModel, ensure_exported
+
+                model_file = ensure_exported(self.location, self.cache, quantized=self.backend == "onnx-int8")
+                logger.info("loading embedding model %s", model_file)
+                self._model = OnnxModel(
+                    self.location,
+                    model_file,
+                    max_tokens=self.max_tokens,
+                    batch_threads=0,
+                    single_threads=max(0, settings.KB_QUERY_EMBED_THREADS),
+                )
+            elif self._model is None:
                 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
                 from transformers.utils import logging as transformers_logging
 
@@ -170,7 +207,10 @@ class LocalEmbedder:
             return self._model
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        return self._loaded().get_text_embedding_batch(list(texts))
+        model = self._loaded()
+        if self.backend == "torch":
+            return model.get_text_embedding_batch(list(texts))
+        return model.embed(list(texts)).tolist()
 
 
 class TEIEmbedder:

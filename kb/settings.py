@@ -155,6 +155,14 @@ KB_EMBED_URL = env.str("KB_EMBED_URL", default="")
 KB_EMBED_DIM = env.int("KB_EMBED_DIM", default=384)
 KB_EMBED_BATCH_SIZE = env.int("KB_EMBED_BATCH_SIZE", default=32)
 KB_EMBED_TIMEOUT = env.float("KB_EMBED_TIMEOUT", default=60.0)
+# How the local model runs: "torch" (sentence-transformers, fp32), "onnx" (ONNX Runtime, fp32)
+# or "onnx-int8" (ONNX Runtime, int8 weights). Documents and questions always share it;
+# changing it means re-ingesting, since vectors of two backends differ slightly. torch stays
+# the default: int8 embeds 2.9 × faster here but cost hybrid retrieval one question of 67 at
+# rank 1 (docs/benchmarks.md, "ONNX Runtime and int8").
+KB_EMBED_BACKEND = env.str("KB_EMBED_BACKEND", default="torch")
+# Where the ONNX backends keep the exported model files (made once, on first use).
+KB_EMBED_CACHE = Path(env.str("KB_EMBED_CACHE", default=str(VAR_DIR / "embed-cache")))
 # all-MiniLM-L6-v2 reads at most 256 word pieces; chunks are cut below that.
 KB_CHUNK_TOKENS = env.int("KB_CHUNK_TOKENS", default=200)
 KB_CHUNK_OVERLAP = env.int("KB_CHUNK_OVERLAP", default=20)
