@@ -213,7 +213,7 @@ def test_documents_and_questions_go_through_the_configured_backend_end_to_end(se
 
     settings.KB_EMBED_BACKEND = "onnx-int8"
     settings.KB_EMBED_CACHE = onnx_cache
-    monkeypatch.setattr(embeddings, "_default", None)  # the next get_embedder() reads the settings above
+    monkeypatch.setattr(embeddings, "_registry", {})  # the next get_embedder() reads the settings above
     reader = make_user()
     ops = make_collection("ops", viewer=[reader])
     add_document(ops, "backups.md", BACKUPS)
