@@ -1131,6 +1131,19 @@ async def message_answer(*, message: Message, sources: list[dict], history=()) -
     await sync_to_async(message_finish)(message=message, answer="".join(pieces), status=status, error=error)
 
 
+def message_answer_start(*, user, message: Message) -> tuple[list[dict], list, bool]:
+    """What answering a message needs, read and claimed in one go: (sources, history, claimed).
+
+    The pages' stream and the JSON API call this through one sync_to_async each: every
+    separate call waits its turn on the one thread that runs the ORM, before the model
+    can be asked for a first token.
+    """
+    sources = selectors.message_sources(user=user, message=message)
+    history = selectors.message_history(user=user, conversation=message.conversation, before=message)
+    claimed = message.status == Message.Status.PENDING and message_claim(message=message)
+    return sources, history, claimed
+
+
 def message_claim(*, message: Message) -> bool:
     """Take a pending message for answering; False if another stream already has it."""
     claimed = Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(

@@ -160,11 +160,7 @@ async def ask(request: HttpRequest) -> HttpResponse:
         return _error(" ".join(exc.messages))
     except Http404 as exc:
         return _error(str(exc) or "Not found.", status=404)
-    sources = await sync_to_async(selectors.message_sources)(user=user, message=message)
-    history = await sync_to_async(selectors.message_history)(
-        user=user, conversation=message.conversation, before=message
-    )
-    claimed = message.status == Message.Status.PENDING and await sync_to_async(services.message_claim)(message=message)
+    sources, history, claimed = await sync_to_async(services.message_answer_start)(user=user, message=message)
 
     def answer():
         return aclosing(services.message_answer(message=message, sources=sources, history=history))

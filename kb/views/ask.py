@@ -189,15 +189,8 @@ def _sse(event: str, data: str) -> str:
 
 
 def _stream_start(user, pk: int):
-    """Everything a stream needs before the model is asked, in one trip to the sync thread.
-
-    Each sync_to_async call waits its turn on the one thread that runs the ORM, so four
-    separate calls cost four hand-offs before the first token can be asked for.
-    """
     message = selectors.message_get(user=user, pk=pk)
-    sources = selectors.message_sources(user=user, message=message)
-    history = selectors.message_history(user=user, conversation=message.conversation, before=message)
-    return message, sources, history, services.message_claim(message=message)
+    return message, *services.message_answer_start(user=user, message=message)
 
 
 async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
