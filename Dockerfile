@@ -42,6 +42,13 @@ RUN DJANGO_SECRET_KEY=build DATABASE_URL=sqlite:////tmp/build.sqlite3 \
         python manage.py collectstatic --noinput \
     && rm -f /tmp/build.sqlite3
 
+# Questions are embedded through an ONNX export of the bundled model (KB_QUERY_EMBED_BACKEND):
+# made here once, into the image's KB_EMBED_CACHE, instead of by each container's first question.
+RUN DJANGO_SECRET_KEY=build DATABASE_URL=sqlite:////tmp/build.sqlite3 \
+        python manage.py kb_prepare_models \
+    && rm -f /tmp/build.sqlite3 \
+    && chown -R kb:kb /data/var
+
 USER kb
 
 EXPOSE 8000

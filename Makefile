@@ -82,6 +82,7 @@ $(STAMP): pyproject.toml Makefile
 run: setup
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py kb_bootstrap
+	$(BIN)/python manage.py kb_prepare_models
 	@echo
 	@echo "kb: http://127.0.0.1:$(KB_PORT)/   (Ctrl-C stops everything)"
 	@echo

@@ -172,6 +172,14 @@ class LocalEmbedder:
         self._model = None
         self._lock = threading.Lock()
 
+    def prepare(self) -> Path | None:
+        """Export the ONNX file this backend runs if the cache lacks it: work done before the first request."""
+        if self.backend == "torch":
+            return None
+        from ingestion.onnx_model import ensure_exported
+
+        return ensure_exported(self.location, self.cache, quantized=self.backend == "onnx-int8")
+
     def _loaded(self):
         with self._lock:
             if self._model is None and self.backend != "torch":
@@ -253,20 +261,52 @@ class TEIEmbedder:
         return vectors.tolist()
 
 
-_registry: dict[EmbedSpec, Embedder] = {}
+_registry: dict[tuple[EmbedSpec, str], Embedder] = {}
 _registry_lock = threading.Lock()
 
 
-def get_embedder(spec: EmbedSpec | None = None) -> Embedder:
-    """The embedder for `spec` (default: the configured model), built on first use and kept: each model loads once."""
+def get_embedder(spec: EmbedSpec | None = None, *, questions: bool = False) -> Embedder:
+    """The embedder for `spec` (default: the configured model), built on first use and kept: each model loads once.
+
+    `questions`: the instance that embeds questions, which may run the same model on another
+    backend (KB_QUERY_EMBED_BACKEND).
+    """
+    from django.conf import settings
+
     spec = spec or configured_spec()
+    if spec.url:
+        backend = "tei"
+    elif questions:
+        backend = question_backend(model_location(spec.model))
+    else:
+        backend = settings.KB_EMBED_BACKEND
     with _registry_lock:
-        if spec not in _registry:
-            _registry[spec] = _build(spec)
-        return _registry[spec]
+        if (spec, backend) not in _registry:
+            _registry[spec, backend] = _build(spec, backend)
+        return _registry[spec, backend]
 
 
-def _build(spec: EmbedSpec) -> Embedder:
+def question_backend(location: str) -> str:
+    """The backend that embeds questions for documents embedded by KB_EMBED_BACKEND (see KB_QUERY_EMBED_BACKEND)."""
+    import importlib.util
+
+    from django.conf import settings
+
+    documents, chosen = settings.KB_EMBED_BACKEND, settings.KB_QUERY_EMBED_BACKEND
+    if chosen == "auto":
+        # fp32 through ONNX Runtime is the same function as fp32 through torch, minus
+        # sentence-transformers' per-call overhead; it needs the model as a local folder.
+        exportable = Path(location, "config.json").is_file() and importlib.util.find_spec("onnxruntime") is not None
+        return "onnx" if documents == "torch" and exportable else documents
+    if chosen != documents and "onnx-int8" in (chosen, documents):
+        raise ImproperlyConfigured(
+            f"KB_QUERY_EMBED_BACKEND={chosen} with KB_EMBED_BACKEND={documents}: int8 vectors differ from fp32 "
+            "ones, so questions and documents must both be int8 or both fp32 (or set it to auto)."
+        )
+    return chosen
+
+
+def _build(spec: EmbedSpec, backend: str) -> Embedder:
     from django.conf import settings
 
     if spec.url:
@@ -276,7 +316,9 @@ def _build(spec: EmbedSpec) -> Embedder:
             dim=spec.dim,
             timeout=getattr(settings, "KB_EMBED_TIMEOUT", 60.0),
         )
-    return LocalEmbedder(model_location(spec.model), dim=spec.dim, batch_size=settings.KB_EMBED_BATCH_SIZE)
+    return LocalEmbedder(
+        model_location(spec.model), dim=spec.dim, batch_size=settings.KB_EMBED_BATCH_SIZE, backend=backend
+    )
 
 
 def reset_embedder() -> None:

@@ -221,3 +221,53 @@ def test_documents_and_questions_go_through_the_configured_backend_end_to_end(se
     assert get_embedder().backend == "onnx-int8"
     hits = retrieval.search(user=reader, query="how do I restore a backup", collection_ids=[ops.pk]).hits
     assert hits[0].chunk.heading_path.endswith("Restore")
+
+
+@pytest.fixture
+def fresh_registry(settings, onnx_cache, monkeypatch):
+    settings.KB_EMBED_CACHE = onnx_cache
+    monkeypatch.setattr(embeddings, "_registry", {})  # the next get_embedder() reads the settings
+    return settings
+
+
+QUESTIONS = [
+    "How do I read a text file one line at a time?",
+    "Why does 0.1 + 0.2 not give exactly 0.3?",
+    "what does nonlocal do",
+    "restore last night's backup",
+]
+
+
+def test_questions_for_torch_documents_go_through_onnx_fp32_and_get_the_same_vectors(fresh_registry):
+    documents, questions = get_embedder(), get_embedder(questions=True)
+
+    assert (documents.backend, questions.backend) == ("torch", "onnx")
+    torch_vectors = np.asarray(documents.embed(QUESTIONS))
+    onnx_vectors = np.asarray(questions.embed(QUESTIONS))
+    assert np.min(np.sum(torch_vectors * onnx_vectors, axis=1)) > 0.99999  # unit vectors: cosine
+
+
+def test_questions_share_an_int8_backend_and_a_mismatch_is_refused(fresh_registry):
+    fresh_registry.KB_EMBED_BACKEND = "onnx-int8"
+    assert get_embedder(questions=True).backend == "onnx-int8"
+
+    fresh_registry.KB_QUERY_EMBED_BACKEND = "onnx"
+    with pytest.raises(ImproperlyConfigured, match="both be int8 or both fp32"):
+        get_embedder(questions=True)
+
+
+def test_questions_can_be_kept_on_torch(fresh_registry):
+    fresh_registry.KB_QUERY_EMBED_BACKEND = "torch"
+    assert get_embedder(questions=True) is get_embedder()
+
+
+def test_prepare_models_exports_the_question_model_before_any_question(fresh_registry, onnx_cache):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("kb_prepare_models", stdout=out)
+
+    assert "questions: onnx" in out.getvalue()
+    assert list(Path(onnx_cache).glob("*/model.onnx"))
