@@ -13,6 +13,7 @@ import itertools
 import math
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -87,19 +88,28 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+_torch_threads_lock = threading.Lock()
+
+
 @contextmanager
 def _torch_threads(n: int):
-    """Run the block with torch limited to `n` threads (when the local model is loaded)."""
+    """Run the block with torch limited to `n` threads (when the local model is loaded).
+
+    torch's thread count is one setting for the whole process: two questions embedded at once
+    would each restore what the other set, leaving it wrong for every later caller, so the
+    block holds a lock.
+    """
     torch = sys.modules.get("torch")
     if torch is None or n <= 0:
         yield
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    with _torch_threads_lock:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
 
 @functools.cache
@@ -120,8 +130,11 @@ def embed_query(text: str, spec: EmbedSpec | None = None) -> list[float]:
     # One short text gains nothing from several threads, and on a busy machine their
     # hand-offs cost 5-10 times the work itself (measured: 40 ms on one thread, 200-700 ms
     # on two, with the cores shared); KB_QUERY_EMBED_THREADS sets it.
+    embedder = get_embedder(spec, questions=True)
+    if getattr(embedder, "backend", None) != "torch":
+        return embed_texts([text], embedder=embedder)[0]  # ONNX Runtime sets its threads per session
     with _torch_threads(settings.KB_QUERY_EMBED_THREADS):
-        return embed_texts([text], embedder=get_embedder(spec))[0]
+        return embed_texts([text], embedder=embedder)[0]
 
 
 def nearest(chunks, vector: list[float]):
@@ -146,6 +159,17 @@ def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(40, limit)])
         rows = list(nearest(chunks, vector).values_list("pk", "distance")[:limit])
+    if len(rows) < limit:
+        # HNSW is approximate: it came back short because its scan gave up (hnsw.max_scan_tuples:
+        # the readable chunks are a tiny share of a big table) or found no path to some of them
+        # (a graph not yet vacuumed after many deletions: seen in the test suite). Fewer than
+        # `limit` readable chunks reached means the set to search is small or the index failed
+        # it; either way the exact search, through the collection index, is the right answer.
+        with transaction.atomic(), connection.cursor() as cursor:
+            for setting, value in (("enable_indexscan", "off"), ("enable_seqscan", "on"),
+                                   ("enable_bitmapscan", "on"), ("enable_sort", "on")):  # fmt: skip
+                cursor.execute(f"SET LOCAL {setting} = {value}")
+            rows = list(nearest(chunks, vector).values_list("pk", "distance")[:limit])
     rows.sort(key=lambda r: r[1])  # relaxed order may be slightly out of order
     return [(pk, 1.0 - dist) for pk, dist in rows]
 

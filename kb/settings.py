@@ -161,6 +161,12 @@ KB_EMBED_TIMEOUT = env.float("KB_EMBED_TIMEOUT", default=60.0)
 # the default: int8 embeds 2.9 × faster here but cost hybrid retrieval one question of 67 at
 # rank 1 (docs/benchmarks.md, "ONNX Runtime and int8").
 KB_EMBED_BACKEND = env.str("KB_EMBED_BACKEND", default="torch")
+# How questions are embedded. "auto": when documents go through torch, questions go through
+# ONNX Runtime's fp32 export of the same model, which gives the same vectors (cosine to torch's
+# 1 - 4e-13 on the dev questions) in about half the time for one short text (25 → 14 ms
+# here, docs/benchmarks.md); otherwise the documents' backend. Or name one: "torch", "onnx",
+# "onnx-int8"; an int8 backend on one side only is refused, since its vectors differ.
+KB_QUERY_EMBED_BACKEND = env.str("KB_QUERY_EMBED_BACKEND", default="auto")
 # Where the ONNX backends keep the exported model files (made once, on first use).
 KB_EMBED_CACHE = Path(env.str("KB_EMBED_CACHE", default=str(VAR_DIR / "embed-cache")))
 # all-MiniLM-L6-v2 reads at most 256 word pieces; chunks are cut below that.

@@ -104,6 +104,43 @@ def test_filtered_hybrid_search_still_returns_k_results_when_the_readable_share_
     assert {h.chunk.collection_id for h in hits} == {mine.pk}
 
 
+def test_the_dense_leg_searches_exactly_when_the_hnsw_scan_comes_back_short():
+    """The index found none of the readable chunks: its scan gave up among closer unreadable ones.
+
+    The HNSW index is forced (the other plans priced out) and its iterative scan cut to a
+    minimum (hnsw.max_scan_tuples), as on a big table where the readable chunks are a tiny
+    share, or in a graph not yet vacuumed after many deletions.
+    """
+    import numpy as np
+    from django.db import connection, transaction
+
+    from kb import selectors
+
+    reader = make_user()
+    mine, other = make_collection(viewer=[reader]), make_collection()
+    add_document(mine, "deploys.md", "# Deployments\n\nA release goes out every Tuesday after the change review.")
+    vector = retrieval.embed_query("When does the nightly backup run?")
+    # Two thousand unreadable chunks, every one closer to the question than the readable one.
+    backups = add_document(other, "backups.md", "# Backups\n\nThe backup runs nightly.")
+    first = backups.chunks.get()
+    noise = np.random.default_rng(7).normal(scale=0.02, size=(2000, len(vector)))
+    near = [(v / np.linalg.norm(v)).tolist() for v in np.asarray(vector) + noise]
+    Chunk.objects.bulk_create(
+        Chunk(
+            document=backups, collection=other, ordinal=n + 1, text=first.text, generation=first.generation, embedding=v
+        )  # fmt: skip
+        for n, v in enumerate(near)
+    )
+    chunks = selectors.chunks_readable_by(user=reader)
+    with transaction.atomic(), connection.cursor() as cursor:
+        for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+            cursor.execute(f"SET LOCAL {setting} = off")
+        cursor.execute("SET LOCAL hnsw.max_scan_tuples = 1")
+        found = retrieval.dense_leg(chunks, vector, 10)
+
+    assert [Chunk.objects.get(pk=pk).document.source_path for pk, _ in found] == ["deploys.md"]
+
+
 def test_both_legs_keep_to_the_picked_collections():
     reader = make_user()
     picked = make_collection(viewer=[reader])
