@@ -327,6 +327,9 @@ class Message(models.Model):
     # Set by the Stop button; the stream that is writing the answer checks it and stops. A
     # row, not process memory, because the stop request may reach another web process.
     stop_requested = models.BooleanField(default=False)
+    # The Redis stream that relays this answer's pieces to readers in any web process
+    # (kb.answer_relay), named afresh each time the answer is claimed for writing.
+    stream_key = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -1145,10 +1145,15 @@ def message_answer_start(*, user, message: Message) -> tuple[list[dict], list, b
 
 
 def message_claim(*, message: Message) -> bool:
-    """Take a pending message for answering; False if another stream already has it."""
+    """Take a pending message for answering; False if another stream already has it.
+
+    The claim names the answer's relay stream (kb.answer_relay) in the same update, so a
+    reader never follows the stream of an earlier answer to the same message.
+    """
+    stream_key = f"kb:answer:{message.pk}:{uuid.uuid4().hex}"
     claimed = Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
-        status=Message.Status.STREAMING
+        status=Message.Status.STREAMING, stream_key=stream_key
     )
     if claimed:
-        message.status = Message.Status.STREAMING
+        message.status, message.stream_key = Message.Status.STREAMING, stream_key
     return bool(claimed)

@@ -201,6 +201,11 @@ KB_CONTEXT_TOKENS = env.int("KB_CONTEXT_TOKENS", default=600)
 TGI_URL = env.str("TGI_URL", default="http://127.0.0.1:8080")
 TGI_MODEL = env.str("TGI_MODEL", default="tgi")
 KB_LLM_TIMEOUT = env.float("KB_LLM_TIMEOUT", default=60.0)
+# Start writing an answer when its question is posted, relayed to the page through Redis
+# (kb.answer_relay), instead of when the page's event stream connects.
+KB_ANSWER_EARLY_START = env.bool("KB_ANSWER_EARLY_START", default=True)
+# An answer started early is stopped when no page has come to read it within this many seconds.
+KB_ANSWER_ATTACH_SECONDS = env.float("KB_ANSWER_ATTACH_SECONDS", default=30.0)
 KB_LLM_MAX_TOKENS = env.int("KB_LLM_MAX_TOKENS", default=384)
 KB_LLM_TEMPERATURE = env.float("KB_LLM_TEMPERATURE", default=0.1)
 KB_SYSTEM_PROMPT = env.str("KB_SYSTEM_PROMPT", default="")

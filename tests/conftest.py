@@ -151,11 +151,11 @@ def celery_worker_process(transactional_db, settings) -> Iterator[subprocess.Pop
 
 
 @contextmanager
-def kb_web_server() -> Iterator[str]:
-    """uvicorn serving kb's ASGI app on this test run's database and settings.TGI_URL."""
+def kb_web_server(env: dict | None = None) -> Iterator[str]:
+    """uvicorn serving kb's ASGI app on this test run's database and settings.TGI_URL (`env`: more settings)."""
     url = f"http://127.0.0.1:{free_port()}"
     cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
-    with running("web", cmd, ready=answers(f"{url}/login/"), env=_server_env()):
+    with running("web", cmd, ready=answers(f"{url}/login/"), env=_server_env(env)):
         yield url
 
 

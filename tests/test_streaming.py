@@ -32,7 +32,7 @@ def read_stream(user, message) -> list[tuple[str, str]]:
             continue
         lines = block.split("\n")
         event = lines[0].removeprefix("event: ")
-        data = "\n".join(line.removeprefix("data: ") for line in lines[1:])
+        data = "\n".join(line.removeprefix("data: ") for line in lines[1:] if line.startswith("data: "))
         events.append((event, data))
     return events
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import aclosing
 
 from asgiref.sync import sync_to_async
@@ -15,8 +16,9 @@ from django.template.response import TemplateResponse
 from django.utils.html import escape
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url, reswap, retarget
+from redis.exceptions import RedisError
 
-from kb import answering, selectors, services
+from kb import answer_relay, answering, selectors, services
 from kb.forms import AskForm, FeedbackForm
 from kb.models import Message
 
@@ -55,6 +57,9 @@ def _ask(request: HttpRequest, *, collections, conversation=None) -> tuple[Messa
         )
     except ValidationError as exc:
         return None, _invalid(request, exc.messages)
+    # The model starts on the answer now, while the browser loads the page and connects to
+    # its stream (kb.answer_relay).
+    answer_relay.start_early(request.user, message)
     return message, None
 
 
@@ -156,6 +161,7 @@ def message_regenerate(request: HttpRequest, pk: int) -> HttpResponse:
         message = services.message_regenerate(user=request.user, message=message)
     except ValidationError as exc:
         return _invalid(request, exc.messages, target=f"#message-{message.pk} .message-error")
+    answer_relay.start_early(request.user, message)
     if request.htmx:
         return TemplateResponse(
             request, "kb/conversation_detail.html#message", {"item": _message_context(request.user, message)}
@@ -183,9 +189,14 @@ def message_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(message.conversation.get_absolute_url())
 
 
-def _sse(event: str, data: str) -> str:
+def _sse(event: str, data: str, entry: str | None = None) -> str:
     lines = data.split("\n")
-    return f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
+    return (
+        f"event: {event}\n" + (f"id: {entry}\n" if entry else "") + "".join(f"data: {line}\n" for line in lines) + "\n"
+    )
+
+
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def _stream_start(user, pk: int):
@@ -194,13 +205,20 @@ def _stream_start(user, pk: int):
 
 
 async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
-    """Stream one message's answer as server-sent events: `token`s, then `done` with the final HTML."""
+    """Stream one message's answer as server-sent events: `token`s, then `done` with the final HTML.
+
+    A pending answer is written here; one already being written (started by the question's
+    POST, perhaps in another web process) is followed through its relay, from the start or,
+    for a reconnecting EventSource, after its Last-Event-ID.
+    """
     if request.method != "GET":
         return HttpResponse(status=405)
     user = await request.auser()
     if not user.is_authenticated:
         raise Http404
     message, sources, history, claimed = await sync_to_async(_stream_start)(user, pk)
+    last_seen = request.headers.get("Last-Event-ID", "")
+    after = last_seen if _ENTRY_ID.fullmatch(last_seen) else "0"
 
     async def done():
         await message.arefresh_from_db()
@@ -210,11 +228,20 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
 
     async def events():
         if claimed:
-            answer = services.message_answer(message=message, sources=sources, history=history)
-            async with aclosing(answer) as pieces:
-                async for piece in pieces:
-                    yield _sse("token", escape(piece))
-        # Also what a reconnect, or a second tab while another answers, receives.
+            pieces = answer_relay.produce(message, sources, history)
+        elif message.status == Message.Status.STREAMING and message.stream_key:
+            pieces = answer_relay.follow(message, after=after)
+        else:
+            pieces = None
+        if pieces is not None:
+            try:
+                async with aclosing(pieces):
+                    async for entry, piece in pieces:
+                        yield _sse("token", escape(piece), entry)
+            except RedisError as exc:
+                # Following needs the relay; the final state below still tells where the answer is.
+                logger.warning("message %s: cannot follow its answer: %s", message.pk, exc)
+        # Also what a reconnect after the end receives.
         yield await done()
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
