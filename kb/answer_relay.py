@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 
-from kb import selectors, services
+from kb import services
 from kb.models import Message
 
 logger = logging.getLogger(__name__)
@@ -142,22 +141,15 @@ async def _readers(stream_key: str) -> tuple[int, bool]:
     return int(now or 0), bool(came)
 
 
-def _claim(user, pk: int):
-    close_old_connections()  # this runs outside any request, on a long-lived thread
-    message = selectors.message_get(user=user, pk=pk)
-    return message, *services.message_answer_start(user=user, message=message)
+@functools.cache
+def _sync_client():
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=2)
 
 
-async def _write_unattended(user, pk: int) -> None:
+async def _write_unattended(message: Message, sources: list[dict], history) -> None:
     """Write an answer nobody reads yet, stopping once its readers have all gone, or none came."""
-    try:
-        await _client().ping()
-    except Exception as exc:
-        logger.warning("answer relay unavailable, message %s will be written by its reader: %s", pk, exc)
-        return
-    message, sources, history, claimed = await sync_to_async(_claim)(user, pk)
-    if not claimed:
-        return
     started = time.monotonic()
     next_check = started
     async with aclosing(produce(message, sources, history)) as pieces:
@@ -167,22 +159,34 @@ async def _write_unattended(user, pk: int) -> None:
             next_check = time.monotonic() + services.STOP_POLL_SECONDS
             readers, came = await _readers(message.stream_key)
             if readers == 0 and (came or time.monotonic() - started > settings.KB_ANSWER_ATTACH_SECONDS):
-                logger.info("message %s: no reader left, generation stops", pk)
+                logger.info("message %s: no reader left, generation stops", message.pk)
                 break  # closing the answer records it as cut short and closes the model stream
 
 
 def start_early(user, message: Message) -> bool:
-    """From a sync view: begin writing a pending answer now, on this process's event loop. False if it cannot."""
+    """From a sync view: begin writing a pending answer now, on this process's event loop. False if it cannot.
+
+    The claim and what the prompt needs are read here, in the view's thread, so that the
+    task on the loop goes straight to the model while the view renders its page.
+    """
     loop = _loop
     if not settings.KB_ANSWER_EARLY_START or message.status != Message.Status.PENDING:
         return False
     if loop is None or not loop.is_running() or loop.is_closed():
         return False
+    try:
+        _sync_client().ping()
+    except Exception as exc:
+        logger.warning("answer relay unavailable, message %s will be written by its page: %s", message.pk, exc)
+        return False
+    sources, history, claimed = services.message_answer_start(user=user, message=message)
+    if not claimed:
+        return False
 
     def spawn():
         # A fresh context: the request's would tie the task's database calls to the
         # request's own thread, which ends with the response.
-        task = loop.create_task(_write_unattended(user, message.pk), context=contextvars.Context())
+        task = loop.create_task(_write_unattended(message, sources, history), context=contextvars.Context())
         _tasks.add(task)
         task.add_done_callback(_finished)
 
