@@ -122,6 +122,10 @@ def _timed(fn, *args):
     return fn(*args), _ms(t)
 
 
+# Set once this process has embedded a question: its model is loaded (kb.asgi then freezes the heap).
+question_model_loaded = threading.Event()
+
+
 def embed_query(text: str, spec: EmbedSpec | None = None) -> list[float]:
     """The question's vector from the model `spec` names (default: the configured one)."""
     from ingestion.embeddings import get_embedder
@@ -132,9 +136,12 @@ def embed_query(text: str, spec: EmbedSpec | None = None) -> list[float]:
     # on two, with the cores shared); KB_QUERY_EMBED_THREADS sets it.
     embedder = get_embedder(spec, questions=True)
     if getattr(embedder, "backend", None) != "torch":
-        return embed_texts([text], embedder=embedder)[0]  # ONNX Runtime sets its threads per session
-    with _torch_threads(settings.KB_QUERY_EMBED_THREADS):
-        return embed_texts([text], embedder=embedder)[0]
+        vector = embed_texts([text], embedder=embedder)[0]  # ONNX Runtime sets its threads per session
+    else:
+        with _torch_threads(settings.KB_QUERY_EMBED_THREADS):
+            vector = embed_texts([text], embedder=embedder)[0]
+    question_model_loaded.set()
+    return vector
 
 
 def nearest(chunks, vector: list[float]):
