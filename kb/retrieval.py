@@ -21,22 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.contrib.postgres.search import SearchQueryField
+from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
-from django.db.models import BooleanField, Count, F, FloatField, Func, Q, Value
 from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, VectorField
 
 from ingestion.embeddings import EmbedSpec
 from kb.models import Chunk
-
-
-class Matches(Func):
-    """tsvector @@ tsquery (Django's own lookup would re-wrap our query in plainto_tsquery)."""
-
-    arg_joiner = " @@ "
-    template = "(%(expressions)s)"
-    output_field = BooleanField()
 
 
 @dataclass
@@ -181,44 +172,41 @@ def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]
     return [(pk, 1.0 - dist) for pk, dist in rows]
 
 
-class LexemeQuery(Func):
-    """A tsquery of one already-normalised lexeme (as tsvector_to_array gives it)."""
-
-    output_field = SearchQueryField()
-    template = "to_tsquery('simple', quote_literal(%(expressions)s))"
-
-    def __init__(self, lexeme: str):
-        super().__init__(Value(lexeme))
-
-
-class AnyLexemeQuery(Func):
-    """A tsquery matching any of the given already-normalised lexemes."""
-
-    output_field = SearchQueryField()
-    template = (
-        "to_tsquery('simple', array_to_string(ARRAY(SELECT quote_literal(l) FROM "
-        "unnest(%(expressions)s::text[]) AS l), ' | '))"
-    )
-
-    def __init__(self, lexemes: list[str]):
-        super().__init__(Value(lexemes))
-
-
-class RankCD(Func):
-    """ts_rank_cd(weights, vector, query, normalization)."""
-
-    function = "ts_rank_cd"
-    output_field = FloatField()
-
-
-def query_lexemes(text: str) -> list[str]:
-    """The question's distinct stemmed, non-stop words, as the stored tsvector holds them."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT unnest(tsvector_to_array(to_tsvector(%s::regconfig, %s)))",
-            [settings.KB_FTS_CONFIG, text.replace("\\", " ")],
-        )
-        return [row[0] for row in cursor.fetchall()]
+# The keyword leg in one statement: the question's lexemes, the count of chunks searched,
+# each word's document frequency and the ranking, without four round trips and four ORM
+# compilations (bench/ttft.py: the full-text leg was two thirds of retrieval). Raw SQL
+# because the ranking sums one ts_rank_cd per word over a set of words the database
+# decides; `scope` is the caller's queryset (access, collections, live generation) as SQL.
+_KEYWORD_SQL = """
+WITH scope AS NOT MATERIALIZED ({scope}),
+lexemes AS MATERIALIZED (
+    SELECT DISTINCT l FROM unnest(tsvector_to_array(to_tsvector(%s::regconfig, %s))) AS l
+),
+total AS MATERIALIZED (SELECT count(*)::float8 AS n FROM scope),
+found AS MATERIALIZED (
+    SELECT lexemes.l, count(*)::float8 AS df
+    FROM lexemes JOIN scope s ON s.search_vector @@ to_tsquery('simple', quote_literal(lexemes.l))
+    GROUP BY lexemes.l
+),
+-- Words in more than KB_KEYWORD_MAX_DF of the chunks go, when a rarer one is left.
+kept AS MATERIALIZED (
+    SELECT found.* FROM found, total WHERE found.df < floor(%s * total.n) + 1
+),
+chosen AS MATERIALIZED (
+    SELECT * FROM kept UNION ALL SELECT * FROM found WHERE NOT EXISTS (SELECT 1 FROM kept)
+),
+weighted AS MATERIALIZED (
+    SELECT to_tsquery('simple', quote_literal(chosen.l)) AS q,
+           ln(1 + (total.n - chosen.df + 0.5) / (chosen.df + 0.5)) AS idf
+    FROM chosen, total
+)
+SELECT s.pk, sum(w.idf * ts_rank_cd(%s::float4[], s.search_vector, w.q, 33)) AS score
+FROM scope s JOIN weighted w ON s.search_vector @@ w.q  -- a word a chunk lacks ranks 0: skip it
+WHERE s.search_vector @@ (SELECT to_tsquery('simple', string_agg(quote_literal(l), ' | ')) FROM chosen)
+GROUP BY s.pk
+ORDER BY score DESC, s.pk
+LIMIT %s
+"""
 
 
 def keyword_leg(chunks, text: str, limit: int) -> list[tuple[int, float]]:
@@ -230,39 +218,15 @@ def keyword_leg(chunks, text: str, limit: int) -> list[tuple[int, float]]:
     frequency does) and weighted by its IDF among the chunks searched; words found in
     more than KB_KEYWORD_MAX_DF of them hardly tell passages apart and are left out.
     """
-    lexemes = query_lexemes(text)
-    if not lexemes:
+    try:
+        scope, scope_params = chunks.order_by().values("pk", "search_vector").query.sql_with_params()
+    except EmptyResultSet:  # e.g. no readable collection: Django knows there is nothing to search
         return []
-    total = chunks.count()
-    cap = int(settings.KB_KEYWORD_MAX_DF * total) + 1
-    # Every word's document frequency in one pass over the chunks holding any of them.
-    matching = chunks.alias(
-        any_word=Matches(F("search_vector"), AnyLexemeQuery(lexemes)),
-        **{f"has_{n}": Matches(F("search_vector"), LexemeQuery(lexeme)) for n, lexeme in enumerate(lexemes)},
-    ).filter(any_word=True)
-    counts = matching.aggregate(**{f"df_{n}": Count("pk", filter=Q(**{f"has_{n}": True})) for n in range(len(lexemes))})
-    found = [(lexeme, counts[f"df_{n}"]) for n, lexeme in enumerate(lexemes) if counts[f"df_{n}"]]
-    if not found:
-        return []
-    # Common words go only when a rarer one is left to match on.
-    found = [(lexeme, df) for lexeme, df in found if df < cap] or found
-    weighted = [(lexeme, math.log(1 + (total - df + 0.5) / (df + 0.5))) for lexeme, df in found]
-    query = AnyLexemeQuery([lexeme for lexeme, _ in weighted])
-    weights = Value(settings.KB_FTS_WEIGHTS)
-    score = sum(
-        (
-            Value(idf) * RankCD(weights, F("search_vector"), LexemeQuery(lexeme), Value(1 | 32))
-            for lexeme, idf in weighted
-        ),
-        start=Value(0.0),
-    )
-    return list(
-        chunks.alias(matches=Matches(F("search_vector"), query))
-        .filter(matches=True)
-        .annotate(score=score)
-        .order_by("-score", "pk")
-        .values_list("pk", "score")[:limit]
-    )
+    params = [*scope_params, settings.KB_FTS_CONFIG, text.replace("\\", " "), settings.KB_KEYWORD_MAX_DF,
+              settings.KB_FTS_WEIGHTS, limit]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_KEYWORD_SQL.format(scope=scope), params)
+        return [(pk, float(score)) for pk, score in cursor.fetchall()]
 
 
 def fuse(
