@@ -8,6 +8,9 @@ active user. Anonymous and inactive users may read nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from django.db.models import Q, QuerySet
@@ -23,8 +26,51 @@ def _grants_of(user) -> QuerySet[CollectionGrant]:
     return CollectionGrant.objects.filter(Q(user=user) | Q(group__in=user.groups.all()))
 
 
-def collection_ids_with_role(user, minimum: Role) -> QuerySet:
-    """A subquery of the ids of the collections where the user holds at least `minimum`."""
+# What one request has already worked out about access: a question asks "which collections may
+# this user read?" half a dozen times (the collection, retrieval's two legs, the models of the
+# collections searched, the sources, the page), each a subquery to build and run again. Set
+# by kb.middleware.AccessCacheMiddleware for the length of a request, so nothing outlives it;
+# services that change grants or collections clear it (forget). Outside a request (tasks,
+# commands, tests calling services) there is no cache.
+_request_cache: ContextVar[dict | None] = ContextVar("kb_access_request_cache", default=None)
+
+
+@contextmanager
+def request_cache() -> Iterator[None]:
+    token = _request_cache.set({})
+    try:
+        yield
+    finally:
+        _request_cache.reset(token)
+
+
+def forget() -> None:
+    """Drop what this request has cached: grants or collections just changed."""
+    cache = _request_cache.get()
+    if cache is not None:
+        cache.clear()
+
+
+def _cached(key, compute):
+    cache = _request_cache.get()
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def collection_ids_with_role(user, minimum: Role) -> QuerySet | list[int]:
+    """The ids of the collections where the user holds at least `minimum`: a subquery, or within a request a list."""
+    if _request_cache.get() is None:
+        return _ids_with_role(user, minimum)
+    return _cached(
+        ("ids", user.pk, user.is_active, Role(minimum)),
+        lambda: list(Collection.objects.filter(pk__in=_ids_with_role(user, minimum)).values_list("pk", flat=True)),
+    )
+
+
+def _ids_with_role(user, minimum: Role) -> QuerySet:
     if not user.is_authenticated or not user.is_active:
         return Collection.objects.none().values("pk")
     if _is_admin(user):
@@ -42,6 +88,10 @@ def readable_collection_ids(user) -> QuerySet:
 
 def role_for(user, collection: Collection) -> Role | None:
     """The user's effective role on a collection, or None."""
+    return _cached(("role", user.pk, collection.pk, collection.open_to_all), lambda: _role_for(user, collection))
+
+
+def _role_for(user, collection: Collection) -> Role | None:
     if not user.is_authenticated or not user.is_active:
         return None
     if _is_admin(user):

@@ -86,6 +86,7 @@ def collection_create(*, user, name: str, description: str = "", open_to_all: bo
     collection = Collection.objects.create(name=name, description=description, created_by=user, open_to_all=open_to_all)
     if user is not None and user.is_authenticated:
         CollectionGrant.objects.create(collection=collection, user=user, role=Role.OWNER)
+    access.forget()
     audit_record(actor=user, action="collection.create", collection=collection, target=name)
     return collection
 
@@ -109,7 +110,8 @@ def collection_update(
     collection.name, collection.description, collection.open_to_all = name, description, open_to_all
     collection.save(update_fields=["name", "description", "open_to_all"])
     if changes:
-        audit_record(actor=actor, action="collection.update", collection=collection, target=name, **changes)
+        access.forget()
+    audit_record(actor=actor, action="collection.update", collection=collection, target=name, **changes)
     return collection
 
 
@@ -122,6 +124,7 @@ def collection_delete(*, actor, collection: Collection) -> None:
         actor=actor, action="collection.delete", collection=collection, target=collection.name, documents=len(names)
     )
     collection.delete()
+    access.forget()
     transaction.on_commit(lambda: [default_storage.delete(n) for n in names if n])
 
 
@@ -138,6 +141,7 @@ def collection_grant(*, collection: Collection, role: Role | str, user=None, gro
     grant, _ = CollectionGrant.objects.update_or_create(
         collection=collection, user=user, group=group, defaults={"role": role}
     )
+    access.forget()
     audit_record(actor=actor, action="access.grant", collection=collection, target=_principal(user, group), role=role)
     return grant
 
@@ -148,6 +152,7 @@ def collection_revoke(*, collection: Collection, user=None, group=None, actor=No
     _require_manage(actor, collection)
     deleted, _ = CollectionGrant.objects.filter(collection=collection, user=user, group=group).delete()
     if deleted:
+        access.forget()
         audit_record(actor=actor, action="access.revoke", collection=collection, target=_principal(user, group))
 
 

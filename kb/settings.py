@@ -71,6 +71,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "kb.middleware.AccessCacheMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into its refusal.
     "axes.middleware.AxesMiddleware",
 ]

@@ -81,3 +81,30 @@ def test_revoking_a_grant_takes_effect_at_once(world):
     services.collection_revoke(collection=world["collection"], user=world["viewer"])
     with pytest.raises(Http404):
         selectors.collection_get(user=world["viewer"], pk=world["collection"].pk)
+
+
+def test_within_a_request_readable_collections_are_worked_out_once_and_again_after_a_grant(
+    django_assert_num_queries,
+):
+    reader = make_user()
+    first, second = make_collection(viewer=[reader]), make_collection()
+    with access.request_cache():
+        assert set(access.readable_collection_ids(reader)) == {first.pk}
+        assert access.can_read(reader, first)
+        with django_assert_num_queries(0):
+            assert set(access.readable_collection_ids(reader)) == {first.pk}
+            assert access.can_read(reader, first)
+        services.collection_grant(collection=second, role="viewer", user=reader)
+        assert set(access.readable_collection_ids(reader)) == {first.pk, second.pk}
+        services.collection_revoke(collection=first, user=reader)
+        assert set(access.readable_collection_ids(reader)) == {second.pk}
+        assert not access.can_read(reader, first)
+
+
+def test_outside_a_request_nothing_is_cached():
+    reader = make_user()
+    collection = make_collection()
+    assert not access.can_read(reader, collection)
+    services.collection_grant(collection=collection, role="viewer", user=reader)  # no forget() needed
+    assert access.can_read(reader, collection)
+    assert list(access.readable_collection_ids(reader)) == [{"pk": collection.pk}]
