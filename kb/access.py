@@ -103,6 +103,8 @@ def _role_for(user, collection: Collection) -> Role | None:
 
 
 def can_read(user, collection: Collection) -> bool:
+    if _request_cache.get() is not None:  # the readable ids are most likely worked out already
+        return collection.pk in collection_ids_with_role(user, Role.VIEWER)
     return role_for(user, collection) is not None
 
 

@@ -82,9 +82,8 @@ class _Publisher:
         if not self.ok:
             return None
         try:
-            entry = await _client().xadd(self.key, fields)
-            if "start" in fields:
-                await _client().expire(self.key, KEEP_SECONDS)
+            async with _client().pipeline(transaction=False) as pipe:
+                entry, _ = await pipe.xadd(self.key, fields).expire(self.key, KEEP_SECONDS, nx=True).execute()
             return entry.decode()
         except Exception as exc:  # a broken relay must not cost the reader in front of us the answer
             logger.warning("answer relay %s: Redis failed, relaying stops: %s", self.key, exc)
@@ -95,7 +94,6 @@ class _Publisher:
 async def produce(message: Message, sources: list[dict], history) -> AsyncIterator[tuple[str | None, str]]:
     """Write a claimed message's answer: (relay entry id, piece) for each piece, also published for other readers."""
     publisher = _Publisher(message.stream_key)
-    await publisher.publish(start="1")
     try:
         async with aclosing(services.message_answer(message=message, sources=sources, history=history)) as pieces:
             async for piece in pieces:
