@@ -288,22 +288,34 @@ def get_embedder(spec: EmbedSpec | None = None, *, questions: bool = False) -> E
 
 def question_backend(location: str) -> str:
     """The backend that embeds questions for documents embedded by KB_EMBED_BACKEND (see KB_QUERY_EMBED_BACKEND)."""
-    import importlib.util
-
     from django.conf import settings
 
     documents, chosen = settings.KB_EMBED_BACKEND, settings.KB_QUERY_EMBED_BACKEND
     if chosen == "auto":
         # fp32 through ONNX Runtime is the same function as fp32 through torch, minus
-        # sentence-transformers' per-call overhead; it needs the model as a local folder.
-        exportable = Path(location, "config.json").is_file() and importlib.util.find_spec("onnxruntime") is not None
-        return "onnx" if documents == "torch" and exportable else documents
+        # sentence-transformers' per-call overhead, for the models kb exports: a local folder
+        # of Transformer → Pooling (→ Normalize). Any other (a Dense head, say) stays on torch.
+        return "onnx" if documents == "torch" and _exportable(location) else documents
     if chosen != documents and "onnx-int8" in (chosen, documents):
         raise ImproperlyConfigured(
             f"KB_QUERY_EMBED_BACKEND={chosen} with KB_EMBED_BACKEND={documents}: int8 vectors differ from fp32 "
             "ones, so questions and documents must both be int8 or both fp32 (or set it to auto)."
         )
     return chosen
+
+
+def _exportable(location: str) -> bool:
+    import importlib.util
+
+    from ingestion.onnx_model import pooling_mode
+
+    if not Path(location, "config.json").is_file() or importlib.util.find_spec("onnxruntime") is None:
+        return False
+    try:
+        pooling_mode(location)
+    except ImproperlyConfigured:
+        return False
+    return True
 
 
 def _build(spec: EmbedSpec, backend: str) -> Embedder:

@@ -352,3 +352,11 @@ def test_the_admin_action_switches_a_collection_to_a_model_of_another_size(clien
     collection.refresh_from_db()
     assert collection.embed_spec == new_spec and dims(collection) == {SMALL}
     assert f"{SMALL} dims" in client.get(reverse("admin:kb_collection_changelist")).content.decode()
+
+
+def test_questions_for_a_model_onnx_cannot_run_stay_on_torch(small_model):
+    """auto exports only Transformer → Pooling (→ Normalize) models; this one has a Dense head."""
+    from ingestion.embeddings import get_embedder, question_backend
+
+    assert question_backend(small_model) == "torch"
+    assert get_embedder(EmbedSpec(model=small_model, dim=SMALL), questions=True).dim == SMALL
