@@ -111,7 +111,7 @@ def collection_update(
     collection.save(update_fields=["name", "description", "open_to_all"])
     if changes:
         access.forget()
-    audit_record(actor=actor, action="collection.update", collection=collection, target=name, **changes)
+        audit_record(actor=actor, action="collection.update", collection=collection, target=name, **changes)
     return collection
 
 

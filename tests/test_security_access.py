@@ -105,6 +105,14 @@ def test_audit_log_page_is_for_staff(client, ops):
     assert "collection.create" in html and "document.upload" in html
 
 
+def test_saving_a_collection_unchanged_records_no_audit_event(ops):
+    collection = ops["collection"]
+    before = AuditEvent.objects.count()
+    services.collection_update(actor=ops["owner"], collection=collection, name=collection.name,
+                               description="", open_to_all=collection.open_to_all)  # fmt: skip
+    assert AuditEvent.objects.count() == before
+
+
 # Open collections --------------------------------------------------------------------------
 
 
