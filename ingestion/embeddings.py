@@ -290,7 +290,12 @@ def question_backend(location: str) -> str:
     """The backend that embeds questions for documents embedded by KB_EMBED_BACKEND (see KB_QUERY_EMBED_BACKEND)."""
     from django.conf import settings
 
+    from ingestion.onnx_model import BACKENDS
+
     documents, chosen = settings.KB_EMBED_BACKEND, settings.KB_QUERY_EMBED_BACKEND
+    if chosen not in ("auto", *BACKENDS):
+        expected = ", ".join(BACKENDS)
+        raise ImproperlyConfigured(f"KB_QUERY_EMBED_BACKEND is {chosen!r}; expected auto or one of {expected}.")
     if chosen == "auto":
         # fp32 through ONNX Runtime is the same function as fp32 through torch, minus
         # sentence-transformers' per-call overhead, for the models kb exports: a local folder

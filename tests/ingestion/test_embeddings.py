@@ -256,6 +256,12 @@ def test_questions_share_an_int8_backend_and_a_mismatch_is_refused(fresh_registr
         get_embedder(questions=True)
 
 
+def test_an_unknown_question_backend_is_refused_by_its_own_name(fresh_registry):
+    fresh_registry.KB_QUERY_EMBED_BACKEND = "tensorrt"
+    with pytest.raises(ImproperlyConfigured, match="KB_QUERY_EMBED_BACKEND is 'tensorrt'"):
+        get_embedder(questions=True)
+
+
 def test_questions_can_be_kept_on_torch(fresh_registry):
     fresh_registry.KB_QUERY_EMBED_BACKEND = "torch"
     assert get_embedder(questions=True) is get_embedder()
