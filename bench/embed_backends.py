@@ -6,6 +6,8 @@ Chunks the files under --path (default: var/pydoc, the Python manual evaluation 
 does, keeps an evenly spread sample of N embedding texts (title and heading prefix included),
 and embeds them with:
 - the bare model: sentence-transformers `encode`, torch fp32 (the reference);
+- the same `encode` under torch's CPU autocast to bfloat16 (kb's torch-bf16 backend), and
+  the model cast to bfloat16 outright;
 - ONNX fp32, and int8 variants of `onnxruntime.quantization.quantize_dynamic`
   (per-tensor / per-channel weights, full 8-bit / 7-bit "reduce range" weights, MatMul only
   or with the embedding Gather too);
@@ -78,7 +80,7 @@ def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from sentence_transformers import SentenceTransformer
 
-    from ingestion.embeddings import get_embedder, model_location
+    from ingestion.embeddings import cpu_has_amx_bf16, get_embedder, model_location
     from ingestion.onnx_model import OnnxModel, _export
 
     location = model_location()
@@ -119,9 +121,29 @@ def main() -> None:
             "cosine_min": round(float(cosines.min()), 4),
             "seconds": [],
         }
+    def autocast_bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return bare.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)
+
+    cast = SentenceTransformer(location, device="cpu", local_files_only=True, model_kwargs={"torch_dtype": torch.bfloat16})
+    cast.max_seq_length = embedder.max_tokens
+    torch_variants = {
+        "torch bf16 autocast (kb torch-bf16)": autocast_bf16,
+        "torch, model cast to bf16": lambda: cast.encode(texts, batch_size=args.batch_size, normalize_embeddings=True),
+    }
+    for name, run in torch_variants.items():
+        cosines = (np.asarray(run(), dtype=np.float32) * reference).sum(axis=1)
+        result["variants"][name] = {
+            "cosine_mean": round(float(cosines.mean()), 5),
+            "cosine_p1": round(float(np.percentile(cosines, 1)), 5),
+            "cosine_min": round(float(cosines.min()), 5),
+            "seconds": [],
+        }
     result["variants"]["bare torch fp32"] = {"seconds": []}
+    result["amx_bf16"] = cpu_has_amx_bf16()
 
     runners = {"bare torch fp32": lambda: bare.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)}
+    runners.update(torch_variants)
     for name, model in models.items():
         runners[name] = lambda model=model: [model.embed(b) for b in batches(texts, args.batch_size)]
     for _ in range(args.repeats):

@@ -7,9 +7,9 @@ Reports pages, chunks, word pieces embedded, wall time split into parse / chunk 
 store (and the rest: hashing, storing the upload, status updates), peak RSS, and two ratios
 against the bare fp32 model (sentence-transformers `encode`, torch): end-to-end ÷ bare
 embedding, and kb's word pieces per second ÷ the bare model's. kb runs with the configured
-KB_EMBED_BACKEND; when that is an ONNX backend, the same texts also go through that model
-bare (kb's ONNX runner alone), so the run shows how much of the gain is the model and how
-much kb's pipeline keeps. --repeats N times the bare legs N times, alternating (medians). The timings
+KB_EMBED_BACKEND; when that is not torch fp32, the same texts also go through that model
+bare (`encode` under bf16 autocast, or kb's ONNX runner alone), so the run shows how much of
+the gain is the model and how much kb's pipeline keeps. --repeats N times the bare legs N times, alternating (medians). The timings
 come from wrappers around the real functions (nothing is replaced), so the run is the real
 pipeline. The collection it fills ("bench: <folder name>") is emptied first; use a database
 of its own (KB_DB_NAME) to leave yours alone.
@@ -60,7 +60,7 @@ def peak_rss_mb() -> float:
 
 
 def bare_rates(texts: list[str], embedder, word_pieces: int, wall: float, *, repeats: int) -> dict:
-    """The same texts through the bare fp32 model and, when kb runs ONNX, through the bare ONNX model.
+    """The same texts through the bare fp32 model and, when kb runs another backend, through that one bare.
 
     "Bare" is the model alone: sentence-transformers `encode` (fp32 torch, which sorts by
     length itself) or kb's ONNX runner called on length-sorted batches, with none of kb's
@@ -79,7 +79,15 @@ def bare_rates(texts: list[str], embedder, word_pieces: int, wall: float, *, rep
     model.encode(["warm up"])
     runners = {"bare": lambda: model.encode(texts, batch_size=size, normalize_embeddings=True)}
     backend = getattr(embedder, "backend", "torch")
-    if backend != "torch":
+    if backend == "torch-bf16":
+        import torch
+
+        def bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model.encode(texts, batch_size=size, normalize_embeddings=True)
+
+        runners["bare_backend"] = bf16
+    elif backend != "torch":
         onnx = embedder._loaded()  # the very model kb ran, already loaded
         lengths = [len(e.ids) for e in embedder.tokenizer.encode_batch(texts)]
         ordered = [texts[i] for i in sorted(range(len(texts)), key=lambda i: -lengths[i])]

@@ -28,8 +28,6 @@ from django.core.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
-
 # Bump when the export or quantisation recipe changes, so caches made by an older kb are not reused.
 RECIPE = 1
 OPSET = 17

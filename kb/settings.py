@@ -156,13 +156,16 @@ KB_EMBED_URL = env.str("KB_EMBED_URL", default="")
 KB_EMBED_DIM = env.int("KB_EMBED_DIM", default=384)
 KB_EMBED_BATCH_SIZE = env.int("KB_EMBED_BATCH_SIZE", default=32)
 KB_EMBED_TIMEOUT = env.float("KB_EMBED_TIMEOUT", default=60.0)
-# How the local model runs: "torch" (sentence-transformers, fp32), "onnx" (ONNX Runtime, fp32)
-# or "onnx-int8" (ONNX Runtime, int8 weights). Documents and questions always share it;
-# changing it means re-ingesting, since vectors of two backends differ slightly. torch stays
-# the default: int8 embeds 2.9 × faster here but cost hybrid retrieval one question of 67 at
-# rank 1 (docs/benchmarks.md, "ONNX Runtime and int8").
-KB_EMBED_BACKEND = env.str("KB_EMBED_BACKEND", default="torch")
-# How questions are embedded. "auto": when documents go through torch, questions go through
+# How the local model runs: "torch" (sentence-transformers, fp32), "torch-bf16" (the same with
+# matrix products in bfloat16), "onnx" (ONNX Runtime, fp32) or "onnx-int8" (ONNX Runtime, int8
+# weights). "auto" (the default) is torch-bf16 on a CPU with AMX, where the model embeds 2.7 ×
+# faster than in fp32 with the same hybrid retrieval figures, else torch (docs/benchmarks.md,
+# "bfloat16"; ingestion/embeddings.document_backend).
+# The fp32 and bf16 vectors are interchangeable; int8 ones are not (re-ingest after switching
+# to or from it): it embeds 2.9 × faster here but costs hybrid retrieval 5 points of hit@1 on
+# the held-out questions (docs/benchmarks.md, "ONNX Runtime and int8").
+KB_EMBED_BACKEND = env.str("KB_EMBED_BACKEND", default="auto")
+# How questions are embedded. "auto": when documents go through torch (fp32 or bf16), questions go through
 # ONNX Runtime's fp32 export of the same model, which gives the same vectors (cosine to torch's
 # 1 - 4e-13 on the dev questions) in about half the time for one short text (25 → 14 ms
 # here, docs/benchmarks.md); otherwise the documents' backend. Or name one: "torch", "onnx",
