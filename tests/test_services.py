@@ -171,4 +171,7 @@ def test_documents_processed_together_match_those_processed_alone():
     expected = list(alone.chunks.order_by("ordinal"))
     got = list(Chunk.objects.filter(document=together[0]).order_by("ordinal"))
     assert [c.text for c in got] == [c.text for c in expected]
-    assert np.allclose([c.embedding for c in got], [c.embedding for c in expected], atol=1e-5)
+    # Cosines, not equality: bf16 (the default on a CPU with AMX) rounds a little differently
+    # with another batch's padding. A vector stored against the wrong chunk would be far below.
+    cosines = np.sum(np.asarray([c.embedding for c in got]) * [c.embedding for c in expected], axis=1)
+    assert cosines.min() > 0.9999

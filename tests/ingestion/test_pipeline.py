@@ -120,7 +120,9 @@ def test_texts_sorted_by_length_for_batching_come_back_in_their_own_order(embedd
     together = embed_texts(texts, embedder=embedder)
     alone = [embed_texts([t], embedder=embedder)[0] for t in texts]
 
-    assert np.allclose(together, alone, atol=1e-5)
+    # Cosines, not equality: bf16 (the default on a CPU with AMX) rounds a little differently
+    # with another batch's padding. A vector come back in the wrong place would be far below.
+    assert np.sum(np.asarray(together) * np.asarray(alone), axis=1).min() > 0.9999
 
 
 def test_no_chunk_of_a_long_structured_document_is_cut_off_before_embedding(parse, embedder):
