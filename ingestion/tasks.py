@@ -5,12 +5,8 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
 
-from ingestion.errors import EmbedderUnavailable
-
-# Worth retrying: the database or the embedding server being briefly away.
-TRANSIENT = (OperationalError, InterfaceError, EmbedderUnavailable)
+from ingestion.errors import TRANSIENT
 
 # Redelivered if the worker dies mid-task; transient failures retried with backoff.
 DOCUMENT_TASK = {
@@ -38,21 +34,26 @@ def reindex_document(self, document_id: int) -> None:
     _process(document_id, reindex=True)
 
 
+@shared_task(**DOCUMENT_TASK)
+def ingest_documents(self, document_ids: list[int]) -> None:
+    """Parse, chunk and store several documents (an archive's pages), embedding their chunks in one pass.
+
+    A document that fails on something unexpected is marked failed and the others go on;
+    a transient error retries the task, which skips the documents already stored.
+    """
+    from kb import services
+
+    services.documents_process(document_ids=document_ids)
+
+
 def _process(document_id: int, *, reindex: bool) -> None:
     from kb import services
-    from kb.models import Document
 
     try:
         services.document_process(document_id=document_id, reindex=reindex)
     except TRANSIENT:
         raise  # Celery retries with backoff
     except Exception as exc:
-        # A bug or an unforeseen input: say so on the document, keep the traceback in the log.
         # During a re-index the document's chunks in use stay, and so does the collection's model.
-        logger.exception("%s document %s failed", "re-embedding" if reindex else "ingesting", document_id)
-        services.document_mark(
-            document_id=document_id,
-            status=Document.Status.FAILED,
-            error=f"Processing stopped on an unexpected error ({type(exc).__name__}); the worker log has details.",
-        )
+        services.document_fail_unexpectedly(document_id=document_id, exc=exc, reindex=reindex)
         raise

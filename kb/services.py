@@ -25,6 +25,7 @@ from django.db import models, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from ingestion.errors import TRANSIENT
 from kb import access, answering, llm, retrieval, selectors
 from kb.models import (
     FINISHED,
@@ -332,6 +333,20 @@ def _enqueue_ingest(document: Document) -> None:
     ingest_document.delay_on_commit(document.pk)
 
 
+def _enqueue_ingest_group(document_ids: list[int]) -> None:
+    """Queue many documents (an archive's pages) as tasks of up to KB_INGEST_GROUP each.
+
+    Each task embeds its documents' chunks in one pass (documents_process): a wiki export is
+    mostly small pages, and one task per page embeds a few chunks at a time in small,
+    ragged batches (3.5 × slower on every 20th page of the PostgreSQL manual, docs/benchmarks.md).
+    """
+    from ingestion.tasks import ingest_documents
+
+    size = max(1, settings.KB_INGEST_GROUP)
+    for first in range(0, len(document_ids), size):
+        ingest_documents.delay_on_commit(document_ids[first : first + size])
+
+
 def _set_status(document: Document, status: str, *, stage: str, done: int, total: int, error: str) -> None:
     document.status = status
     document.stage = stage
@@ -417,28 +432,90 @@ def _document_embed_and_store(prepared: _Prepared) -> bool:
     return _document_store_chunks(prepared, vectors)
 
 
+def document_fail_unexpectedly(*, document_id: int, exc: BaseException, reindex: bool = False) -> None:
+    """A bug or an unforeseen input: say so on the document, keep the traceback in the log."""
+    logger.error(
+        "%s document %s failed", "re-embedding" if reindex else "ingesting", document_id, exc_info=exc
+    )
+    document_mark(
+        document_id=document_id,
+        status=Document.Status.FAILED,
+        error=f"Processing stopped on an unexpected error ({type(exc).__name__}); the worker log has details.",
+    )
+
+
 def documents_process(*, document_ids: list[int], progress=None) -> None:
-    """Process several documents with one embedding pass over all their chunks (kb_ingest --inline).
+    """Process several documents with one embedding pass over all their chunks (kb_ingest --inline, ingest_documents).
 
     Bulk ingestion of many small pages otherwise embeds a few chunks at a time; together,
     sorted by length across documents, the batches are full and carry little padding.
     progress(done, total) counts chunks embedded (documents of one collection share a pass).
+    Each document shows the shared pass's progress, which also keeps its heartbeat fresh
+    for stale-job detection; a pass whose documents were all cancelled stops. A document
+    that fails on something unexpected fails alone; a transient error is raised for a retry
+    (documents already stored are skipped by it).
     """
     from ingestion.pipeline import embed_texts
 
-    prepared = [p for p in (_document_prepare(document_id=pk) for pk in document_ids) if p is not None]
+    prepared = []
+    for pk in document_ids:
+        try:
+            item = _document_prepare(document_id=pk)
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            document_fail_unexpectedly(document_id=pk, exc=exc)
+            continue
+        if item is not None:
+            prepared.append(item)
     by_generation: dict[int, list[_Prepared]] = {}
     for item in prepared:
         by_generation.setdefault(item.generation, []).append(item)
     for group in by_generation.values():
-        vectors = embed_texts([t for p in group for t in p.texts], progress=progress, embedder=group[0].embedder)
+        texts = [t for p in group for t in p.texts]
+        try:
+            vectors = embed_texts(texts, progress=_group_progress(group, progress), embedder=group[0].embedder)
+        except DocumentCancelled:
+            logger.info("documents %s were cancelled while they were processed", [p.document_id for p in group])
+            continue
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            for item in group:
+                document_fail_unexpectedly(document_id=item.document_id, exc=exc)
+            continue
         first = 0
         for item in group:
             try:
                 _document_store_chunks(item, vectors[first : first + len(item.texts)])
             except ModelChanged:
                 document_process(document_id=item.document_id)
+            except TRANSIENT:
+                raise
+            except Exception as exc:
+                document_fail_unexpectedly(document_id=item.document_id, exc=exc)
             first += len(item.texts)
+
+
+def _group_progress(group: list[_Prepared], progress=None):
+    """progress(done, total) for a shared embedding pass: marks its documents, stops when all are cancelled."""
+    ids = [item.document_id for item in group]
+
+    def mark(done: int, total: int) -> None:
+        marked = (
+            Document.objects.filter(pk__in=ids)
+            .exclude(status=Document.Status.CANCELLED)
+            .update(
+                status=Document.Status.PROCESSING, stage="embedding", progress_done=done, progress_total=total,
+                updated_at=timezone.now(),
+            )  # fmt: skip
+        )
+        if not marked:
+            raise DocumentCancelled
+        if progress is not None:
+            progress(done, total)
+
+    return mark
 
 
 @dataclass
@@ -753,6 +830,7 @@ def archive_upload(
         for member_name, reason in found.refused:
             summary["refused"] += 1
             summary["errors"].append({"source": member_name, "reason": reason})
+        to_process: list[int] = []
         for member in found.members:
             with tempfile.SpooledTemporaryFile(max_size=8 << 20) as data:
                 try:
@@ -766,13 +844,17 @@ def archive_upload(
                 try:
                     outcome = document_upload(
                         user=user, collection=collection, file=data, source_path=member.path,
-                        enqueue=enqueue, batch=batch, source_archive=archive_name,
+                        enqueue=False, batch=batch, source_archive=archive_name,
                     )  # fmt: skip
                 except ValidationError as exc:
                     summary["refused"] += 1
                     summary["errors"].append({"source": member.path, "reason": " ".join(exc.messages)})
                     continue
             summary[outcome.outcome] += 1
+            if outcome.outcome != "unchanged":
+                to_process.append(outcome.document.pk)
+        if enqueue:
+            _enqueue_ingest_group(to_process)
     summary["removed_paths"] = documents_remove_vanished(
         user=user, collection=collection, archive_name=archive_name, present=found.listed
     )

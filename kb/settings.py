@@ -147,6 +147,8 @@ KB_ARCHIVE_MAX_RATIO = env.int("KB_ARCHIVE_MAX_RATIO", default=100)
 # A document silent in "processing" this long is re-queued (up to KB_MAX_ATTEMPTS runs), then failed.
 KB_STALE_SECONDS = env.int("KB_STALE_SECONDS", default=1800)
 KB_MAX_ATTEMPTS = env.int("KB_MAX_ATTEMPTS", default=2)
+# An archive's pages are queued in tasks of this many documents, each embedded in one pass.
+KB_INGEST_GROUP = env.int("KB_INGEST_GROUP", default=64)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
 # Embeddings: a local sentence-transformers folder (default: the model shipped in

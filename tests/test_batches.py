@@ -323,3 +323,100 @@ def test_the_admin_action_queues_a_reindex(client, django_capture_on_commit_call
     )
     assert response.status_code == 200 and queued == [document.pk]
     assert "1 document(s) queued for re-embedding" in response.content.decode()
+
+
+# --- an archive's pages: tasks of KB_INGEST_GROUP documents, one embedding pass each ----------
+
+
+@pytest.fixture
+def passes(monkeypatch) -> list[int]:
+    """How many texts each embedding pass was given (the real pass still runs)."""
+    from ingestion import pipeline
+
+    sizes: list[int] = []
+    real = pipeline.embed_texts
+
+    def counted(texts, **kwargs):
+        sizes.append(len(texts))
+        return real(texts, **kwargs)
+
+    monkeypatch.setattr(pipeline, "embed_texts", counted)
+    return sizes
+
+
+def _wiki(*names: str) -> io.BytesIO:
+    from tests.ingestion.test_archives import make_zip
+
+    return make_zip({name: f"# {name}\n\nText of {name}, on its own page." for name in names})
+
+
+def test_an_archive_is_queued_in_groups_each_embedded_in_one_pass(
+    settings, monkeypatch, django_capture_on_commit_callbacks, passes
+):
+    from ingestion import tasks
+
+    settings.KB_INGEST_GROUP = 2
+    collection = make_collection()
+    add_document(collection, "same.md", "# same.md\n\nText of same.md, on its own page.")  # unchanged: not queued
+    groups: list[list[int]] = []
+    monkeypatch.setattr(tasks.ingest_documents, "delay", lambda ids: groups.append(ids))
+    monkeypatch.setattr(tasks.ingest_document, "delay", lambda pk: pytest.fail("queued one page alone"))
+    passes.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.archive_upload(
+            user=system_user(), collection=collection, file=_wiki("a.md", "b.md", "c.md", "same.md"), name="wiki.zip"
+        )
+
+    pages = dict(Document.objects.filter(collection=collection).values_list("source_path", "pk"))
+    assert groups == [[pages["a.md"], pages["b.md"]], [pages["c.md"]]]
+    for ids in groups:
+        tasks.ingest_documents(ids)  # what the worker runs
+    assert passes == [2, 1]  # one pass per task, over all of its documents' chunks
+    assert set(Document.objects.values_list("status", flat=True)) == {Document.Status.READY}
+    assert Chunk.objects.filter(document_id=pages["b.md"]).count() == 1
+
+
+def test_a_page_failing_unexpectedly_fails_alone_and_its_group_goes_on(monkeypatch):
+    from ingestion import readers
+
+    collection = make_collection()
+    services.archive_upload(
+        user=system_user(), collection=collection, file=_wiki("a.md", "bad.md", "c.md"), name="wiki.zip", enqueue=False
+    )
+    real_read = readers.read
+
+    def read(path, *, name):
+        if name == "bad.md":
+            raise RuntimeError("a reader bug")
+        return real_read(path, name=name)
+
+    monkeypatch.setattr(readers, "read", read)
+    services.documents_process(document_ids=list(Document.objects.values_list("pk", flat=True)))
+
+    status = {d.source_path: (d.status, d.error) for d in Document.objects.all()}
+    assert status["bad.md"] == (
+        Document.Status.FAILED,
+        "Processing stopped on an unexpected error (RuntimeError); the worker log has details.",
+    )
+    assert status["a.md"][0] == status["c.md"][0] == Document.Status.READY
+
+
+def test_a_shared_pass_shows_its_progress_on_each_page_and_stops_when_its_batch_is_cancelled(settings):
+    settings.KB_EMBED_BATCH_SIZE = 1
+    editor = make_user("ed")
+    collection = make_collection(editor=[editor])
+    batch = services.batch_create(user=editor, collection=collection, label="wiki.zip")
+    services.batch_add_file(user=editor, batch=batch, file=_wiki("a.md", "b.md", "c.md"), name="wiki.zip", enqueue=False)
+    ids = list(Document.objects.filter(batch=batch).values_list("pk", flat=True))
+    seen = []
+
+    def progress(done, total):
+        seen.append({(d.stage, d.progress_done, d.progress_total) for d in Document.objects.filter(pk__in=ids)})
+        services.batch_cancel(user=editor, batch=batch)
+
+    services.documents_process(document_ids=ids, progress=progress)
+
+    assert seen == [{("embedding", 1, 3)}]  # every page of the pass, then the pass stopped at its next mark
+    assert set(Document.objects.values_list("status", flat=True)) == {Document.Status.CANCELLED}
+    assert not Chunk.objects.filter(document_id__in=ids).exists()

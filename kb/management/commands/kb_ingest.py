@@ -6,15 +6,12 @@ import json
 import time
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from kb import access, selectors, services
 from kb.models import FINISHED, Document
-
-# Documents processed together inline: one embedding pass over all their chunks.
-INLINE_GROUP = 64
-
 
 def _walk(paths: list[str]) -> list[tuple[Path, str]]:
     """(file, source path) pairs: a file by its name, a folder's files by their path inside it."""
@@ -72,8 +69,9 @@ class Command(BaseCommand):
         if inline:
             pending = list(batch_documents.filter(status=Document.Status.QUEUED).values_list("pk", flat=True))
             bar = tqdm(total=len(pending), desc="indexing", unit="doc", disable=quiet)
-            for first in range(0, len(pending), INLINE_GROUP):
-                group = pending[first : first + INLINE_GROUP]
+            size = max(1, settings.KB_INGEST_GROUP)  # documents embedded in one pass
+            for first in range(0, len(pending), size):
+                group = pending[first : first + size]
                 services.documents_process(document_ids=group)
                 bar.update(len(group))
             bar.close()
