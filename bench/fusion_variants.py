@@ -8,8 +8,9 @@ kb.retrieval.search does, so the RRF row matches kb_eval's hybrid figures. --leg
 prints each question's top four passages per leg (* = an expected page).
 
 Variants: convex combinations of normalised scores (Bruch et al., "An Analysis of Fusion
-Functions for Hybrid Retrieval", 2023), and RRF plus a boost for passages of documents that
-both legs rank high.
+Functions for Hybrid Retrieval", 2023), RRF plus a boost for passages of documents that
+both legs rank high, and RRF where the keyword leg only re-orders the dense leg's best M
+(it brings no passage of its own).
 """
 
 from __future__ import annotations
@@ -97,6 +98,17 @@ def document_boost(weight: float, by_pk, *, top: int = 20, rrf_k: int = 2):
     return fuse
 
 
+def dense_pool(pool: int):
+    """RRF, with the keyword leg re-ranking only the dense leg's best `pool` (it adds no passage of its own)."""
+    base = rrf()
+
+    def fuse(d, kw, k):
+        allowed = {pk for pk, _ in d[:pool]}
+        return base(d, [row for row in kw if row[0] in allowed], k)
+
+    return fuse
+
+
 def evaluate(legs, by_pk, fuse, k: int) -> tuple[float, float, float]:
     ranks = []
     for item, dense, keyword in legs:
@@ -145,6 +157,7 @@ def main() -> None:
     variants += [(f"convex, / best, alpha {a}", convex(a, minmax=False)) for a in (0.7, 0.8)]
     variants += [(f"RRF + {w} x document RRF, top {t}", document_boost(w, by_pk, top=t))
                  for w in (0.25, 0.5, 1.0) for t in (10, 20, 40)]  # fmt: skip
+    variants += [(f"RRF, keyword re-ranks dense top {m}", dense_pool(m)) for m in (10, 20, 40, 80)]
     k = args.k
     print(f"{len(legs)} answerable questions, k={k}")
     print(f"{'fusion':<40} {'hit@1':>6} {f'hit@{k}':>6} {f'MRR@{k}':>6}")
