@@ -121,11 +121,14 @@ def main() -> None:
             "cosine_min": round(float(cosines.min()), 4),
             "seconds": [],
         }
+
     def autocast_bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return bare.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)
 
-    cast = SentenceTransformer(location, device="cpu", local_files_only=True, model_kwargs={"torch_dtype": torch.bfloat16})
+    cast = SentenceTransformer(
+        location, device="cpu", local_files_only=True, model_kwargs={"torch_dtype": torch.bfloat16}
+    )
     cast.max_seq_length = embedder.max_tokens
     torch_variants = {
         "torch bf16 autocast (kb torch-bf16)": autocast_bf16,

@@ -9,10 +9,10 @@ against the bare fp32 model (sentence-transformers `encode`, torch): end-to-end 
 embedding, and kb's word pieces per second ÷ the bare model's. kb runs with the configured
 KB_EMBED_BACKEND; when that is not torch fp32, the same texts also go through that model
 bare (`encode` under bf16 autocast, or kb's ONNX runner alone), so the run shows how much of
-the gain is the model and how much kb's pipeline keeps. --repeats N times the bare legs N times, alternating (medians). The timings
-come from wrappers around the real functions (nothing is replaced), so the run is the real
-pipeline. The collection it fills ("bench: <folder name>") is emptied first; use a database
-of its own (KB_DB_NAME) to leave yours alone.
+the gain is the model and how much kb's pipeline keeps. --repeats N times the bare legs N
+times, alternating (medians). The timings come from wrappers around the real functions
+(nothing is replaced), so the run is the real pipeline. The collection it fills ("bench:
+<folder name>") is emptied first; use a database of its own (KB_DB_NAME) to leave yours alone.
 """
 
 from __future__ import annotations

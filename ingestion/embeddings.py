@@ -282,7 +282,6 @@ def get_embedder(spec: EmbedSpec | None = None, *, questions: bool = False) -> E
     `questions`: the instance that embeds questions, which may run the same model on another
     backend (KB_QUERY_EMBED_BACKEND).
     """
-    from django.conf import settings
 
     spec = spec or configured_spec()
     if spec.url:

@@ -434,9 +434,7 @@ def _document_embed_and_store(prepared: _Prepared) -> bool:
 
 def document_fail_unexpectedly(*, document_id: int, exc: BaseException, reindex: bool = False) -> None:
     """A bug or an unforeseen input: say so on the document, keep the traceback in the log."""
-    logger.error(
-        "%s document %s failed", "re-embedding" if reindex else "ingesting", document_id, exc_info=exc
-    )
+    logger.error("%s document %s failed", "re-embedding" if reindex else "ingesting", document_id, exc_info=exc)
     document_mark(
         document_id=document_id,
         status=Document.Status.FAILED,
@@ -506,7 +504,10 @@ def _group_progress(group: list[_Prepared], progress=None):
             Document.objects.filter(pk__in=ids)
             .exclude(status=Document.Status.CANCELLED)
             .update(
-                status=Document.Status.PROCESSING, stage="embedding", progress_done=done, progress_total=total,
+                status=Document.Status.PROCESSING,
+                stage="embedding",
+                progress_done=done,
+                progress_total=total,
                 updated_at=timezone.now(),
             )  # fmt: skip
         )

@@ -407,7 +407,9 @@ def test_a_shared_pass_shows_its_progress_on_each_page_and_stops_when_its_batch_
     editor = make_user("ed")
     collection = make_collection(editor=[editor])
     batch = services.batch_create(user=editor, collection=collection, label="wiki.zip")
-    services.batch_add_file(user=editor, batch=batch, file=_wiki("a.md", "b.md", "c.md"), name="wiki.zip", enqueue=False)
+    services.batch_add_file(
+        user=editor, batch=batch, file=_wiki("a.md", "b.md", "c.md"), name="wiki.zip", enqueue=False
+    )
     ids = list(Document.objects.filter(batch=batch).values_list("pk", flat=True))
     seen = []
 

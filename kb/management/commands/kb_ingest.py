@@ -13,6 +13,7 @@ from tqdm import tqdm
 from kb import access, selectors, services
 from kb.models import FINISHED, Document
 
+
 def _walk(paths: list[str]) -> list[tuple[Path, str]]:
     """(file, source path) pairs: a file by its name, a folder's files by their path inside it."""
     found: list[tuple[Path, str]] = []
