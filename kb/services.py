@@ -1222,14 +1222,18 @@ async def message_answer(*, message: Message, sources: list[dict], history=()) -
 def message_answer_start(*, user, message: Message) -> tuple[list[dict], list, bool]:
     """What answering a message needs, read and claimed in one go: (sources, history, claimed).
 
+    Nothing is read for a message that is not pending: only its writer needs its sources.
+
     The pages' stream and the JSON API call this through one sync_to_async each: every
     separate call waits its turn on the one thread that runs the ORM, before the model
     can be asked for a first token.
     """
+    if message.status != Message.Status.PENDING:
+        return [], [], False  # being written elsewhere (followed through its relay), or finished
+    # Read before claiming: a read that fails leaves the message pending for the next stream.
     sources = selectors.message_sources(user=user, message=message)
     history = selectors.message_history(user=user, conversation=message.conversation, before=message)
-    claimed = message.status == Message.Status.PENDING and message_claim(message=message)
-    return sources, history, claimed
+    return sources, history, message_claim(message=message)
 
 
 def message_claim(*, message: Message) -> bool:

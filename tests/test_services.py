@@ -175,3 +175,23 @@ def test_documents_processed_together_match_those_processed_alone():
     # with another batch's padding. A vector stored against the wrong chunk would be far below.
     cosines = np.sum(np.asarray([c.embedding for c in got]) * [c.embedding for c in expected], axis=1)
     assert cosines.min() > 0.9999
+
+
+def test_answer_start_reads_and_claims_a_pending_message_and_reads_nothing_for_one_being_written(
+    django_assert_num_queries,
+):
+    from kb.models import Message
+
+    user = make_user()
+    collection = make_collection(viewer=[user])
+    add_document(collection, "backups.md", BACKUPS)
+    message, _ = services.message_ask(user=user, question="When does the backup run?", collections=[collection])
+
+    sources, history, claimed = services.message_answer_start(user=user, message=message)
+    assert claimed and message.status == Message.Status.STREAMING
+    assert sources and {s["document_id"] for s in sources} == {collection.documents.get().pk} and history == []
+
+    # A second reader (another tab, another web process) only follows the relay: its
+    # sources and history are the writer's business.
+    with django_assert_num_queries(0):
+        assert services.message_answer_start(user=user, message=message) == ([], [], False)
