@@ -127,7 +127,11 @@ document.addEventListener("htmx:afterSettle", () => {
 DROP_FILES = """
 ([files]) => {
   const transfer = new DataTransfer();
-  for (const [name, text] of files) transfer.items.add(new File([text], name, {type: "text/markdown"}));
+  for (const [name, text, base64] of files) {
+    // Binary files (a ZIP) come base64-encoded, text files as they are.
+    const body = base64 ? Uint8Array.from(atob(base64), (c) => c.charCodeAt(0)) : text;
+    transfer.items.add(new File([body], name, {type: base64 ? "application/zip" : "text/markdown"}));
+  }
   const zone = document.querySelector("[data-dropzone]");
   zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true, cancelable: true}));
   zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
@@ -168,3 +172,39 @@ def test_dropped_files_upload_as_one_batch_with_live_progress_to_ready(
     assert any(s["eta"].endswith("left") for s in seen), seen
     values = [s["value"] for s in seen]
     assert values == sorted(values), "progress never goes backwards"
+
+
+def test_a_dropped_wiki_export_is_embedded_in_one_grouped_task_with_live_progress(
+    page, web_server, celery_worker_process
+):
+    import base64
+
+    from kb import services
+    from kb.models import Document
+    from tests.ingestion.test_archives import make_zip
+    from tests.test_tasks import long_document
+
+    admin = User.objects.create_superuser("admin", password=PASSWORD)
+    collection = services.collection_create(user=admin, name="Wiki")
+    sign_in(page, web_server, "admin")
+    page.add_init_script(RECORD_BATCH)
+    page.goto(f"{web_server}/collections/{collection.pk}/")
+    # Long pages: the one shared embedding pass must outlast a few of the page's polls.
+    pages = {f"ops/runbook-{n}.md": f"# Runbook {n}\n\n" + long_document(40) for n in range(4)}
+    archive = base64.b64encode(make_zip(pages).getvalue()).decode()
+
+    assert page.evaluate(DROP_FILES, [[["wiki.zip", "", archive]]]) == 1
+    page.get_by_role("button", name="Upload", exact=True).click()
+
+    expect(page.locator("#batches .batch-done")).to_have_text("Done.", timeout=240_000)
+    expect(page.locator("#batches .batch-counts")).to_have_text("4 of 4 ready")
+    expect(page.locator("#batches")).to_contain_text("4 new")
+    expect(page.locator("#documents .badge-ready")).to_have_count(4, timeout=10_000)
+    page.screenshot(path=str(ARTIFACTS / "wiki-export.png"), full_page=True)
+    seen = [s["value"] for s in page.evaluate("window.kbBatch")]
+    assert any(0 < v < 100 for v in seen), f"the bar should move while the shared pass embeds: {seen}"
+    assert seen == sorted(seen), "progress never goes backwards"
+    assert set(Document.objects.values_list("source_path", flat=True)) == set(pages)
+    worker_log = (ARTIFACTS / "worker.log").read_text()
+    assert worker_log.count("Task ingestion.tasks.ingest_documents[") >= 2  # received, then succeeded
+    assert "Task ingestion.tasks.ingest_document[" not in worker_log  # no page went alone
