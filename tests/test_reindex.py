@@ -360,3 +360,28 @@ def test_questions_for_a_model_onnx_cannot_run_stay_on_torch(small_model):
 
     assert question_backend(small_model) == document_backend() in ("torch", "torch-bf16")
     assert get_embedder(EmbedSpec(model=small_model, dim=SMALL), questions=True).dim == SMALL
+
+
+def test_documents_of_collections_on_different_models_processed_together_each_get_their_own_model(
+    configure, monkeypatch
+):
+    configure(small=True)
+    small = make_collection("small")
+    configure(small=False)
+    default = make_collection("default")
+    pages = [add_document(c, "backups.md", BACKUPS, process=False).pk for c in (default, small)]
+    passes = []
+    real = pipeline.embed_texts
+
+    def counted(texts, *, embedder, **kwargs):
+        passes.append((len(texts), embedder.dim))
+        return real(texts, embedder=embedder, **kwargs)
+
+    monkeypatch.setattr(pipeline, "embed_texts", counted)
+    services.documents_process(document_ids=pages)
+
+    assert set(Document.objects.values_list("status", flat=True)) == {Document.Status.READY}
+    assert (dims(default), dims(small)) == ({384}, {SMALL})
+    # One pass per model, and nothing embedded twice (by the wrong model first).
+    assert sorted(dim for _, dim in passes) == [SMALL, 384]
+    assert sum(n for n, _ in passes) == Chunk.objects.count()
