@@ -152,7 +152,9 @@ def test_dropped_files_upload_as_one_batch_with_live_progress_to_ready(
     page.add_init_script(RECORD_BATCH)
     page.goto(f"{web_server}/collections/{collection.pk}/")
 
-    files = [[f"runbook-{n}.md", f"# Runbook {n}\n\n" + long_document(12)] for n in range(3)]
+    # Long enough that embedding outlasts a few of the page's 1 s polls even in bf16 on AMX
+    # (at 12 sections all three files were done between two polls there).
+    files = [[f"runbook-{n}.md", f"# Runbook {n}\n\n" + long_document(40)] for n in range(3)]
     assert page.evaluate(DROP_FILES, [files]) == 3
     expect(page.locator("[data-dropzone-count]")).to_have_text("3 file(s) chosen")
     page.get_by_role("button", name="Upload", exact=True).click()
