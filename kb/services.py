@@ -457,42 +457,46 @@ def documents_process(*, document_ids: list[int], progress=None) -> None:
 
     prepared = []
     for pk in document_ids:
-        try:
+        with _failing_alone([pk]):
             item = _document_prepare(document_id=pk)
-        except TRANSIENT:
-            raise
-        except Exception as exc:
-            document_fail_unexpectedly(document_id=pk, exc=exc)
-            continue
-        if item is not None:
-            prepared.append(item)
+            if item is not None:
+                prepared.append(item)
     by_generation: dict[int, list[_Prepared]] = {}
     for item in prepared:
         by_generation.setdefault(item.generation, []).append(item)
     for group in by_generation.values():
         texts = [t for p in group for t in p.texts]
-        try:
+        vectors = None
+        with _failing_alone([p.document_id for p in group]):
             vectors = embed_texts(texts, progress=_group_progress(group, progress), embedder=group[0].embedder)
-        except DocumentCancelled:
-            logger.info("documents %s were cancelled while they were processed", [p.document_id for p in group])
-            continue
-        except TRANSIENT:
-            raise
-        except Exception as exc:
-            for item in group:
-                document_fail_unexpectedly(document_id=item.document_id, exc=exc)
+        if vectors is None:
             continue
         first = 0
         for item in group:
-            try:
-                _document_store_chunks(item, vectors[first : first + len(item.texts)])
-            except ModelChanged:
-                document_process(document_id=item.document_id)
-            except TRANSIENT:
-                raise
-            except Exception as exc:
-                document_fail_unexpectedly(document_id=item.document_id, exc=exc)
+            with _failing_alone([item.document_id]):
+                try:
+                    _document_store_chunks(item, vectors[first : first + len(item.texts)])
+                except ModelChanged:
+                    document_process(document_id=item.document_id)
             first += len(item.texts)
+
+
+@contextmanager
+def _failing_alone(document_ids: list[int]) -> Iterator[None]:
+    """Run a step of documents_process; an unexpected error fails these documents, not the whole call.
+
+    A transient error goes up, for the task's retry (which skips what is stored); a pass
+    whose documents were all cancelled just stops.
+    """
+    try:
+        yield
+    except TRANSIENT:
+        raise
+    except DocumentCancelled:
+        logger.info("documents %s were cancelled while they were processed", document_ids)
+    except Exception as exc:
+        for pk in document_ids:
+            document_fail_unexpectedly(document_id=pk, exc=exc)
 
 
 def _group_progress(group: list[_Prepared], progress=None):
