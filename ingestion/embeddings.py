@@ -166,7 +166,8 @@ class LocalEmbedder:
         self.device = device
         self.backend = backend or document_backend()
         if self.backend not in BACKENDS:
-            raise ImproperlyConfigured(f"KB_EMBED_BACKEND is {self.backend!r}; expected one of {', '.join(BACKENDS)}.")
+            expected = ", ".join(BACKENDS)
+            raise ImproperlyConfigured(f"KB_EMBED_BACKEND is {self.backend!r}; expected auto or one of {expected}.")
         if self.backend.startswith("onnx"):
             check_installed(self.backend)
         self.cache = Path(cache or settings.KB_EMBED_CACHE)
