@@ -1,0 +1,56 @@
+"""One reader per format: a file's bytes in, its text and sections out.
+
+A reader returns the document's whole text and the sections in it (heading path, page, and
+the offsets of the section's body inside that text), so every chunk cut later can say where
+it came from. Anything wrong with the input becomes an IngestError a person can act on.
+
+The package holds one module per format (pdf, docx, html, markdown, text), format sniffing
+(detect) and the shared types and helpers (base); `read` below picks the reader for a file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ingestion.readers.base import SUPPORTED, Extracted, Section, logger, normalize_newlines
+from ingestion.readers.detect import HTML_SUFFIXES, MARKDOWN_SUFFIXES, Kind, sniff
+from ingestion.readers.docx import read_docx
+from ingestion.readers.html import read_html
+from ingestion.readers.markdown import read_markdown
+from ingestion.readers.pdf import read_pdf
+from ingestion.readers.text import decode_text, read_text
+
+__all__ = [
+    "HTML_SUFFIXES",
+    "MARKDOWN_SUFFIXES",
+    "SUPPORTED",
+    "Extracted",
+    "Kind",
+    "Section",
+    "decode_text",
+    "logger",
+    "normalize_newlines",
+    "read",
+    "read_docx",
+    "read_html",
+    "read_markdown",
+    "read_pdf",
+    "read_text",
+    "sniff",
+]
+
+
+def read(path: Path, *, name: str) -> Extracted:
+    """Read any supported file; `name` is the name the person gave it (its suffix is a hint)."""
+    data = path.read_bytes()
+    kind = sniff(data, name)
+    if kind == "pdf":
+        return read_pdf(data)
+    if kind == "docx":
+        return read_docx(data)
+    text = decode_text(data)
+    if kind == "html":
+        return read_html(text)
+    if kind == "markdown":
+        return read_markdown(text)
+    return read_text(text)
