@@ -137,9 +137,8 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     settings.MEDIA_ROOT = Path(tempfile.mkdtemp(prefix="kb-bench-media-"))
 
-    from ingestion import chunking, pipeline, readers
+    from ingestion import chunking, pipeline, processing, readers
     from ingestion.embeddings import get_embedder
-    from kb import services
     from kb.models import Collection, Document
 
     source = args.path
@@ -160,7 +159,7 @@ def main() -> None:
     _timed(readers, "read", "parse", totals)
     _timed(chunking, "split_sections", "chunk", totals)
     _timed(pipeline, "embed_texts", "embed", totals, capture=lambda a, k, r: embedded.extend(a[0]))
-    _timed(services, "document_replace_chunks", "store", totals)
+    _timed(processing, "document_replace_chunks", "store", totals)
 
     embedder = get_embedder()
     loaded = time.perf_counter()

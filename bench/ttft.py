@@ -44,8 +44,9 @@ django.setup()
 import httpx  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from kb import answering, llm, services  # noqa: E402
+from kb import access, answering, llm  # noqa: E402
 from kb.models import Collection, Message, Role  # noqa: E402
+from kb.services.collections import collection_grant  # noqa: E402
 from tests.conftest import _server_env, answers, free_port, gguf_path, running  # noqa: E402
 
 PYTHON = sys.executable
@@ -186,7 +187,7 @@ def main() -> None:
     user.set_password("bench-reader-pw-1")
     user.save()
     if not collection.grants.filter(user=user).exists():
-        services.collection_grant(collection=collection, role=Role.VIEWER, user=user)
+        collection_grant(actor=access.system_user(), collection=collection, role=Role.VIEWER, user=user)
     questions = [q["q"] for q in map(json.loads, Path(args.questions).read_text().splitlines()) if q["expected"]]
     questions = questions[: args.runs]
 

@@ -74,15 +74,47 @@ def is_document_package(archive: zipfile.ZipFile) -> bool:
     return "[Content_Types].xml" in names or "word/document.xml" in names
 
 
+def _clean_parts(name: str) -> list[str] | None:
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    return None if not parts or ".." in parts else parts
+
+
 def clean_member_path(name: str) -> str | None:
     """The member's path as a source path, or None if it is absolute or climbs out with '..'."""
-    name = name.replace("\\", "/")
-    if name.startswith("/") or _DRIVE.match(name):
+    if name.replace("\\", "/").startswith("/") or _DRIVE.match(name):
         return None
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
-        return None
-    return "/".join(parts)
+    parts = _clean_parts(name)
+    return None if parts is None else "/".join(parts)
+
+
+def clean_upload_path(name: str) -> str | None:
+    """An uploaded file's name (or its path in an uploaded folder) as a source path; None if unusable.
+
+    Browsers send folder paths relative, so a leading '/' is dropped rather than refused;
+    '..' is refused. Never a path on disk: stored files get generated names.
+    """
+    parts = _clean_parts(name)
+    return None if parts is None else "/".join(parts)[:1000]
+
+
+def is_page_archive(file) -> bool:
+    """A ZIP that is a tree of pages (a wiki export), told by content from an open file.
+
+    Office files are ZIPs too, but one document each; a damaged ZIP is left to the reader,
+    which names the damage on the document.
+    """
+    file.seek(0)
+    head = file.read(4)
+    file.seek(0)
+    if head != b"PK\x03\x04":
+        return False
+    try:
+        with zipfile.ZipFile(file) as archive:
+            return not is_document_package(archive)
+    except zipfile.BadZipFile:
+        return False
+    finally:
+        file.seek(0)
 
 
 @dataclass

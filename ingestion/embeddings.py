@@ -13,13 +13,13 @@ import functools
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 
 from ingestion.errors import EmbedderUnavailable
+from ingestion.spec import EmbedSpec, configured_spec
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -47,38 +47,6 @@ class Embedder(Protocol):
     tokenizer: Tokenizer  # the model's own tokenizer, set never to truncate or pad
 
     def embed(self, texts: list[str]) -> list[list[float]]: ...
-
-
-@dataclass(frozen=True)
-class EmbedSpec:
-    """Which model made a collection's vectors, as an identity that loads the same model again.
-
-    Stored on each collection (Collection.embed_model), so a change of settings never
-    silently pairs a question embedded by one model with vectors made by another.
-    """
-
-    model: str = ""  # a folder or a cached model name; "" is the bundled all-MiniLM-L6-v2
-    url: str = ""  # a Text Embeddings Inference server, or "" to run the model in this process
-    dim: int = 384
-
-    def as_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict | None) -> EmbedSpec:
-        data = data or {}
-        return cls(model=data.get("model") or "", url=data.get("url") or "", dim=int(data.get("dim") or 384))
-
-    def __str__(self) -> str:
-        name = self.model or "all-MiniLM-L6-v2 (bundled)"
-        return f"{name} via {self.url}, {self.dim} dims" if self.url else f"{name}, {self.dim} dims"
-
-
-def configured_spec() -> EmbedSpec:
-    """The model the settings name (KB_EMBED_MODEL, _URL, _DIM): new collections and re-indexing use it."""
-    from django.conf import settings
-
-    return EmbedSpec(model=settings.KB_EMBED_MODEL, url=settings.KB_EMBED_URL, dim=settings.KB_EMBED_DIM)
 
 
 def model_location(model: str | None = None) -> str:
@@ -374,12 +342,6 @@ def _build(spec: EmbedSpec, backend: str) -> Embedder:
     return LocalEmbedder(
         model_location(spec.model), dim=spec.dim, batch_size=settings.KB_EMBED_BATCH_SIZE, backend=backend
     )
-
-
-def reset_embedder() -> None:
-    """Forget the cached embedders (tests, or after changing settings)."""
-    with _registry_lock:
-        _registry.clear()
 
 
 def count_tokens(text: str, *, embedder: Embedder | None = None) -> int:

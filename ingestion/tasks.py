@@ -1,4 +1,7 @@
-"""Celery entry points: thin, take ids, idempotent."""
+"""Celery entry points: thin, take ids, idempotent.
+
+Nothing imports this module to queue work: ingestion.queue sends tasks by these names.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import logging
 
 from celery import shared_task
 
+from ingestion import processing, status
 from ingestion.errors import TRANSIENT
 
 # Redelivered if the worker dies mid-task; transient failures retried with backoff.
@@ -41,19 +45,23 @@ def ingest_documents(self, document_ids: list[int]) -> None:
     A document that fails on something unexpected is marked failed and the others go on;
     a transient error retries the task, which skips the documents already stored.
     """
-    from kb import services
+    processing.documents_process(document_ids=document_ids)
 
-    services.documents_process(document_ids=document_ids)
+
+# Runs every KB_STALE_SWEEP_SECONDS under celery beat (CELERY_BEAT_SCHEDULE). Two sweeps
+# overlapping are harmless: each takes the rows it changes with SKIP LOCKED.
+@shared_task(acks_late=True, ignore_result=True)
+def recover_stale_documents() -> dict:
+    """Re-queue or fail documents whose processing went silent, and resend queued ones the broker lost."""
+    return status.documents_recover_stale()
 
 
 def _process(document_id: int, *, reindex: bool) -> None:
-    from kb import services
-
     try:
-        services.document_process(document_id=document_id, reindex=reindex)
+        processing.document_process(document_id=document_id, reindex=reindex)
     except TRANSIENT:
         raise  # Celery retries with backoff
     except Exception as exc:
         # During a re-index the document's chunks in use stay, and so does the collection's model.
-        services.document_fail_unexpectedly(document_id=document_id, exc=exc, reindex=reindex)
+        status.document_fail_unexpectedly(document_id=document_id, exc=exc, reindex=reindex)
         raise

@@ -125,9 +125,24 @@ def can_view_audit(user) -> bool:
     return _is_admin(user)
 
 
+def can_use_conversation(user, conversation) -> bool:
+    """Conversations are private: only their owner asks, stops or regenerates in one."""
+    return bool(user.is_authenticated and conversation.user_id == user.pk)
+
+
+def can_use_token(user, token) -> bool:
+    """A personal API token is its owner's alone to revoke."""
+    return bool(user.is_authenticated and token.user_id == user.pk)
+
+
 def can_use_admin_pages(user) -> bool:
-    """Staff see every collection's access page; owners see their own (checked per collection)."""
+    """The Django admin: staff administer every collection there."""
     return _is_admin(user)
+
+
+def can_read_all_conversations(user) -> bool:
+    """Conversations are private: only superusers read other people's, in the admin."""
+    return bool(user.is_active and user.is_superuser)
 
 
 @dataclass

@@ -1,15 +1,27 @@
+"""The Django admin for staff. Every change it makes goes through the services, so the admin
+leaves the same audit records, stored-file clean-up and access-cache resets as the pages."""
+
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
-from kb import services
+from kb import access
 from kb.models import ApiToken, AuditEvent, Collection, CollectionGrant, Conversation, Document, Feedback, Message
+from kb.services.collections import (
+    collection_create,
+    collection_delete,
+    collection_grant,
+    collection_revoke,
+    collection_update,
+)
+from kb.services.documents import document_delete
+from kb.services.reindex import collection_reindex
 
 
 class StaffAdmin(admin.ModelAdmin):
     """kb's staff administer every collection (kb.access): no per-model permissions needed."""
 
     def _staff(self, request) -> bool:
-        return bool(request.user.is_active and (request.user.is_staff or request.user.is_superuser))
+        return access.can_use_admin_pages(request.user)
 
     def has_module_permission(self, request) -> bool:
         return self._staff(request)
@@ -27,11 +39,23 @@ class StaffAdmin(admin.ModelAdmin):
         return self._staff(request)
 
 
-def _audit_grant(request, grant: CollectionGrant, action: str) -> None:
-    principal = f"user {grant.user.get_username()}" if grant.user_id else f"group {grant.group.name}"
-    services.audit_record(
-        actor=request.user, action=action, collection=grant.collection, target=principal, role=grant.role, via="admin"
+def _save_grant(request, grant: CollectionGrant) -> None:
+    """Grant through the service; a grant whose user, group or collection was changed is revoked first."""
+    if grant.pk is not None:
+        before = CollectionGrant.objects.select_related("collection", "user", "group").filter(pk=grant.pk).first()
+        moved = before is not None and (before.collection_id, before.user_id, before.group_id) != (
+            grant.collection_id, grant.user_id, grant.group_id,
+        )  # fmt: skip
+        if moved:
+            collection_revoke(actor=request.user, collection=before.collection, user=before.user, group=before.group)
+    saved = collection_grant(
+        actor=request.user, collection=grant.collection, role=grant.role, user=grant.user, group=grant.group
     )
+    grant.pk = saved.pk  # the admin's redirect names the row the service kept
+
+
+def _revoke_grant(request, grant: CollectionGrant) -> None:
+    collection_revoke(actor=request.user, collection=grant.collection, user=grant.user, group=grant.group)
 
 
 class GrantInline(admin.TabularInline):
@@ -40,7 +64,7 @@ class GrantInline(admin.TabularInline):
     autocomplete_fields = ["user", "group"]
 
     def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.is_active and request.user.is_staff
+        return access.can_use_admin_pages(request.user)
 
     has_add_permission = has_change_permission = has_delete_permission = has_view_permission
 
@@ -62,11 +86,11 @@ class CollectionAdmin(StaffAdmin):
 
     @admin.action(description="Re-embed every document with the configured model (of any size)")
     def reindex(self, request, queryset):
-        from ingestion.embeddings import configured_spec
+        from ingestion.spec import configured_spec
 
         for collection in queryset:
             try:
-                count = services.collection_reindex(user=request.user, collection=collection)
+                count = collection_reindex(user=request.user, collection=collection)
             except PermissionError as exc:
                 self.message_user(request, f"{collection}: {exc}", messages.ERROR)
             except ValidationError as exc:
@@ -76,12 +100,27 @@ class CollectionAdmin(StaffAdmin):
                     request, f"{collection}: {count} document(s) queued for re-embedding with {configured_spec()}."
                 )
 
+    def save_model(self, request, obj, form, change):
+        fields = {k: form.cleaned_data[k] for k in ("name", "description", "open_to_all") if k in form.cleaned_data}
+        if change:
+            collection_update(actor=request.user, collection=obj, **fields)
+        else:
+            obj.pk = collection_create(user=request.user, **fields).pk
+
+    def delete_model(self, request, obj):
+        collection_delete(actor=request.user, collection=obj)  # the stored files go too
+
+    def delete_queryset(self, request, queryset):
+        for collection in queryset:
+            self.delete_model(request, collection)
+
     def save_formset(self, request, form, formset, change):
-        super().save_formset(request, form, formset, change)
-        for grant in formset.new_objects + [g for g, _ in formset.changed_objects]:
-            _audit_grant(request, grant, "access.grant")
+        grants = formset.save(commit=False)
         for grant in formset.deleted_objects:
-            _audit_grant(request, grant, "access.revoke")
+            _revoke_grant(request, grant)
+        for grant in grants:
+            grant.collection = form.instance
+            _save_grant(request, grant)
 
 
 @admin.register(CollectionGrant)
@@ -92,12 +131,14 @@ class CollectionGrantAdmin(StaffAdmin):
     autocomplete_fields = ["collection", "user", "group"]
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        _audit_grant(request, obj, "access.grant")
+        _save_grant(request, obj)
 
     def delete_model(self, request, obj):
-        _audit_grant(request, obj, "access.revoke")
-        super().delete_model(request, obj)
+        _revoke_grant(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for grant in queryset.select_related("collection", "user", "group"):
+            _revoke_grant(request, grant)
 
 
 @admin.register(Document)
@@ -109,9 +150,7 @@ class DocumentAdmin(StaffAdmin):
                        "batch", "source_archive", "metadata", "attempts"]  # fmt: skip
 
     def delete_model(self, request, obj):
-        from kb import services
-
-        services.document_delete(user=request.user, document=obj)  # the stored file goes too
+        document_delete(user=request.user, document=obj)  # the stored file goes too
 
     def delete_queryset(self, request, queryset):
         for document in queryset:
@@ -128,7 +167,7 @@ class MessageInline(admin.StackedInline):
     exclude = ["stop_requested"]
 
     def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.is_active and request.user.is_superuser
+        return access.can_read_all_conversations(request.user)
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -140,8 +179,7 @@ class ConversationAdmin(StaffAdmin):
     inlines = [MessageInline]
 
     def has_view_permission(self, request, obj=None) -> bool:
-        # Conversations are private; only superusers read them here.
-        return request.user.is_active and request.user.is_superuser
+        return access.can_read_all_conversations(request.user)
 
     has_module_permission = has_change_permission = has_delete_permission = has_view_permission
 

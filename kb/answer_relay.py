@@ -31,8 +31,8 @@ from contextlib import aclosing
 
 from django.conf import settings
 
-from kb import services
 from kb.models import Message
+from kb.services.conversations import STOP_POLL_SECONDS, message_answer, message_answer_start
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ async def produce(message: Message, sources: list[dict], history) -> AsyncIterat
     """Write a claimed message's answer: (relay entry id, piece) for each piece, also published for other readers."""
     publisher = _Publisher(message.stream_key)
     try:
-        async with aclosing(services.message_answer(message=message, sources=sources, history=history)) as pieces:
+        async with aclosing(message_answer(message=message, sources=sources, history=history)) as pieces:
             async for piece in pieces:
                 yield await publisher.publish(t=piece), piece
     finally:
@@ -154,7 +154,7 @@ async def _write_unattended(message: Message, sources: list[dict], history) -> N
         async for _ in pieces:
             if time.monotonic() < next_check:
                 continue
-            next_check = time.monotonic() + services.STOP_POLL_SECONDS
+            next_check = time.monotonic() + STOP_POLL_SECONDS
             readers, came = await _readers(message.stream_key)
             if readers == 0 and (came or time.monotonic() - started > settings.KB_ANSWER_ATTACH_SECONDS):
                 logger.info("message %s: no reader left, generation stops", message.pk)
@@ -177,7 +177,7 @@ def start_early(user, message: Message) -> bool:
     except Exception as exc:
         logger.warning("answer relay unavailable, message %s will be written by its page: %s", message.pk, exc)
         return False
-    sources, history, claimed = services.message_answer_start(user=user, message=message)
+    sources, history, claimed = message_answer_start(user=user, message=message)
     if not claimed:
         return False
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django import forms
 
+from kb.models import Feedback, Role
+
 
 class CollectionForm(forms.Form):
     name = forms.CharField(max_length=200)
@@ -38,7 +40,7 @@ class AskForm(forms.Form):
 
 
 class FeedbackForm(forms.Form):
-    rating = forms.TypedChoiceField(choices=[(1, "Helpful"), (-1, "Not helpful")], coerce=int)
+    rating = forms.TypedChoiceField(choices=Feedback.Rating.choices, coerce=int)
     comment = forms.CharField(
         max_length=2000,
         required=False,
@@ -57,7 +59,7 @@ class GrantForm(forms.Form):
 
     principal = forms.CharField(max_length=150, label="User or group")
     kind = forms.ChoiceField(choices=[("user", "User"), ("group", "Group")], initial="user")
-    role = forms.ChoiceField(choices=[("viewer", "Viewer"), ("editor", "Editor"), ("owner", "Owner")])
+    role = forms.ChoiceField(choices=Role.choices)
 
     def clean(self):
         from django.contrib.auth import get_user_model

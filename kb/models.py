@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import asdict, dataclass, field, fields
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.contrib.postgres.indexes import GinIndex
@@ -9,9 +12,10 @@ from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import F, Func, Q, Value
 from django.urls import reverse
+from django.utils import timezone
 from pgvector.django import VectorField
 
-from ingestion.embeddings import EmbedSpec, configured_spec
+from ingestion.spec import EmbedSpec, configured_spec
 
 
 class Role(models.TextChoices):
@@ -21,13 +25,6 @@ class Role(models.TextChoices):
 
 
 ROLE_RANK = {Role.VIEWER: 1, Role.EDITOR: 2, Role.OWNER: 3}
-
-
-class CollectionQuerySet(models.QuerySet):
-    def readable_by(self, user) -> CollectionQuerySet:
-        from kb import access
-
-        return self.filter(pk__in=access.readable_collection_ids(user))
 
 
 def configured_embed_model() -> dict:
@@ -57,8 +54,6 @@ class Collection(models.Model):
     # While a re-index runs: the model and generation of its staged chunks; None otherwise.
     reindex_model = models.JSONField(null=True, blank=True, editable=False)
     reindex_generation = models.BigIntegerField(null=True, blank=True, editable=False)
-
-    objects = CollectionQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -105,11 +100,70 @@ class CollectionGrant(models.Model):
         return f"{self.user or self.group} → {self.collection}: {self.role}"
 
 
-class DocumentQuerySet(models.QuerySet):
-    def readable_by(self, user) -> DocumentQuerySet:
-        from kb import access
+class InvalidTransition(Exception):
+    """A document was asked to move to a status its current one does not lead to."""
 
-        return self.filter(collection_id__in=access.readable_collection_ids(user))
+
+class DocumentQuerySet(models.QuerySet):
+    def in_collections(self, collection_ids) -> DocumentQuerySet:
+        return self.filter(collection_id__in=collection_ids)
+
+    def unfinished(self) -> DocumentQuerySet:
+        return self.exclude(status__in=FINISHED)
+
+    def transition(self, to: str, **fields) -> int:
+        """Move the documents whose status may lead to `to` there; the number moved.
+
+        The one way a document's status changes (DOCUMENT_TRANSITIONS says from where to
+        where). One conditional UPDATE: the row is locked while it is checked and written, so
+        a worker's progress mark cannot undo a cancel that landed a moment before it. Every
+        move refreshes updated_at, the heartbeat that stale-job recovery reads.
+        """
+        to = Document.Status(to)
+        return self.filter(status__in=DOCUMENT_TRANSITIONS[to]).update(status=to, updated_at=timezone.now(), **fields)
+
+
+@dataclass
+class BatchSummary:
+    """What an upload decided, file by file, before any processing: UploadBatch.summary as a value.
+
+    Stored as JSON on the batch; the services add to it, the pages and kb_ingest read it.
+    """
+
+    files: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    refused: int = 0
+    ignored: int = 0  # attachments and other files of an archive that are not pages
+    errors: list[dict] = field(default_factory=list)  # [{"source", "reason"}]
+    removed_paths: list[str] = field(default_factory=list)
+
+    COUNTS = ("created", "updated", "unchanged", "removed", "refused", "ignored")
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> BatchSummary:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+    def count(self, outcome: str) -> None:
+        """One more file with this outcome ("created", "updated" or "unchanged")."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+    def refuse(self, source: str, reason: str) -> None:
+        self.refused += 1
+        self.errors.append({"source": source, "reason": reason})
+
+    def add(self, other: BatchSummary) -> None:
+        """Fold in what an archive of the batch decided (its files are not counted again)."""
+        for key in self.COUNTS:
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        self.errors.extend(other.errors)
+        self.removed_paths.extend(other.removed_paths)
 
 
 class UploadBatch(models.Model):
@@ -196,6 +250,19 @@ class Document(models.Model):
 
 FINISHED = (Document.Status.READY, Document.Status.FAILED, Document.Status.CANCELLED)
 
+_S = Document.Status
+# The document state machine: for each status, the statuses a document may come to it from.
+# queued → processing → ready | failed; an unfinished document can be cancelled; a new
+# version (an upload, or stale-job recovery) queues any document again; re-indexing takes a
+# ready (or failed, still searchable) document through processing once more.
+DOCUMENT_TRANSITIONS: dict[str, frozenset[str]] = {
+    _S.QUEUED: frozenset({_S.QUEUED, _S.PROCESSING, _S.READY, _S.FAILED, _S.CANCELLED}),
+    _S.PROCESSING: frozenset({_S.QUEUED, _S.PROCESSING, _S.READY, _S.FAILED}),
+    _S.READY: frozenset({_S.QUEUED, _S.PROCESSING, _S.READY, _S.FAILED}),
+    _S.FAILED: frozenset({_S.QUEUED, _S.PROCESSING, _S.READY, _S.FAILED}),
+    _S.CANCELLED: frozenset({_S.QUEUED, _S.PROCESSING}),
+}
+
 
 class _EqualsAnyOf(Func):
     """`expression = ANY(ARRAY(subquery))`.
@@ -215,11 +282,6 @@ class _EqualsAnyOf(Func):
 
 
 class ChunkQuerySet(models.QuerySet):
-    def readable_by(self, user) -> ChunkQuerySet:
-        from kb import access
-
-        return self.in_collections(access.readable_collection_ids(user))
-
     def in_collections(self, collection_ids) -> ChunkQuerySet:
         return self.filter(collection_id__in=collection_ids)
 
@@ -252,7 +314,7 @@ class Chunk(models.Model):
     )
     # The Collection.embed_generation it was embedded for. A re-index writes its chunks
     # under a new generation beside the ones in use; they stay invisible until the collection
-    # switches to that generation in one transaction (services.collection_reindex_finish).
+    # switches to that generation in one transaction (ingestion.store.collection_reindex_finish).
     generation = models.BigIntegerField()
     # Headings weigh as label A and body text as D, so ts_rank_cd (KB_FTS_WEIGHTS) favours
     # a passage whose section is about the words over one that mentions them in passing.
@@ -389,6 +451,11 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+    @staticmethod
+    def digest_of(raw: str) -> str:
+        """What is stored of a token: its SHA-256, so a leaked table holds no usable token."""
+        return hashlib.sha256(raw.encode()).hexdigest()
 
 
 class AuditEvent(models.Model):

@@ -9,9 +9,10 @@ to groups as usual, so access follows the identity provider.
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth.models import Group
-from django.db import transaction
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+
+from kb import access
+from kb.services.people import user_groups_sync
 
 
 def mapped_groups(claims: dict) -> tuple[set[str], set[str]]:
@@ -23,16 +24,10 @@ def mapped_groups(claims: dict) -> tuple[set[str], set[str]]:
     return {mapping[v] for v in values if v in mapping}, set(mapping.values())
 
 
-@transaction.atomic
 def sync_groups(user, claims: dict) -> None:
+    """Bring the user's mapped groups in line with the claims, as the system user (audited)."""
     wanted, managed = mapped_groups(claims)
-    for name in wanted:
-        Group.objects.get_or_create(name=name)
-    current = set(user.groups.filter(name__in=managed).values_list("name", flat=True))
-    if leave := current - wanted:
-        user.groups.remove(*Group.objects.filter(name__in=leave))
-    if join := wanted - current:
-        user.groups.add(*Group.objects.filter(name__in=join))
+    user_groups_sync(actor=access.system_user(), user=user, wanted=wanted, managed=managed)
 
 
 class GroupMappingOIDCBackend(OIDCAuthenticationBackend):

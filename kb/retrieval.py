@@ -26,7 +26,7 @@ from django.db import connection, transaction
 from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, VectorField
 
-from ingestion.embeddings import EmbedSpec
+from ingestion.spec import EmbedSpec
 from kb.models import Chunk
 
 

@@ -15,6 +15,7 @@ from kb.models import (
     FINISHED,
     ApiToken,
     AuditEvent,
+    BatchSummary,
     Chunk,
     Collection,
     CollectionGrant,
@@ -27,13 +28,21 @@ from kb.models import (
 )
 
 
+def _readable_collections(user):
+    return Collection.objects.filter(pk__in=access.readable_collection_ids(user))
+
+
+def _readable_documents(user):
+    return Document.objects.in_collections(access.readable_collection_ids(user))
+
+
 def collection_list(*, user):
-    return Collection.objects.readable_by(user)
+    return _readable_collections(user)
 
 
 def collection_list_picked(*, user, ids) -> list[Collection]:
     """The readable collections among `ids`; all readable ones when none is picked."""
-    readable = Collection.objects.readable_by(user)
+    readable = _readable_collections(user)
     picked = [int(i) for i in ids if str(i).isdigit()]
     return list(readable.filter(pk__in=picked) if picked else readable)
 
@@ -48,18 +57,18 @@ def collection_get(*, user, pk: int, minimum: Role = Role.VIEWER) -> Collection:
 
 def collection_get_by_name(*, user, name: str) -> Collection:
     try:
-        return Collection.objects.readable_by(user).get(name=name)
+        return _readable_collections(user).get(name=name)
     except Collection.DoesNotExist:
         raise Http404(f"No collection named {name!r} that you can read.") from None
 
 
 def document_list(*, user, collection: Collection):
-    return Document.objects.readable_by(user).filter(collection=collection)
+    return _readable_documents(user).filter(collection=collection)
 
 
 def document_get(*, user, pk: int) -> Document:
     try:
-        return Document.objects.readable_by(user).select_related("collection").get(pk=pk)
+        return _readable_documents(user).select_related("collection").get(pk=pk)
     except (Document.DoesNotExist, ValueError, TypeError):
         raise Http404("No such document.") from None
 
@@ -102,15 +111,18 @@ class BatchProgress:
         return int(self.fraction * 100)
 
 
-def batch_progress(*, batch: UploadBatch) -> BatchProgress:
-    """Where a batch stands: counts per status, the share done, and the time left at the rate so far."""
-    documents = Document.objects.filter(batch=batch)
-    counts = documents.aggregate(
-        total=Count("pk"),
+def _progress_counts() -> dict:
+    """Aggregates for BatchProgress: counts per status, and the embedded share of those in progress."""
+    in_progress = Q(status=Document.Status.PROCESSING, progress_total__gt=0)
+    return {
+        "total": Count("pk"),
         **{s.value: Count("pk", filter=Q(status=s)) for s in Document.Status},
-        done=Sum("progress_done", filter=Q(status=Document.Status.PROCESSING, progress_total__gt=0)),
-        of=Sum("progress_total", filter=Q(status=Document.Status.PROCESSING, progress_total__gt=0)),
-    )
+        "done": Sum("progress_done", filter=in_progress),
+        "of": Sum("progress_total", filter=in_progress),
+    }
+
+
+def _progress(counts: dict, created_at) -> BatchProgress:
     total = counts["total"]
     finished = sum(counts[s] for s in FINISHED)
     # Documents in progress count by their embedded share (chunks done / chunks in the document).
@@ -119,13 +131,42 @@ def batch_progress(*, batch: UploadBatch) -> BatchProgress:
         partial = counts["processing"] * counts["done"] / counts["of"]
     fraction = min(1.0, (finished + partial) / total) if total else 1.0
     eta = None
-    elapsed = (timezone.now() - batch.created_at).total_seconds()
+    elapsed = (timezone.now() - created_at).total_seconds()
     if 0 < fraction < 1 and elapsed > 1:
         eta = int(elapsed * (1 - fraction) / fraction)
     return BatchProgress(
         total=total, queued=counts["queued"], processing=counts["processing"], ready=counts["ready"],
         failed=counts["failed"], cancelled=counts["cancelled"], fraction=fraction, eta_seconds=eta,
     )  # fmt: skip
+
+
+def batch_progress(*, batch: UploadBatch) -> BatchProgress:
+    """Where a batch stands: counts per status, the share done, and the time left at the rate so far."""
+    return _progress(Document.objects.filter(batch=batch).aggregate(**_progress_counts()), batch.created_at)
+
+
+def batch_overview(*, user, collection: Collection, limit: int = 3, unfinished: int = 50) -> list[UploadBatch]:
+    """The collection's latest batches, each with `progress` (BatchProgress) and `unfinished` (documents).
+
+    Two queries whatever the number of batches: one grouped count for every batch's
+    progress, one for their unfinished documents.
+    """
+    batches = batch_recent(user=user, collection=collection, limit=limit)
+    ids = [b.pk for b in batches]
+    counts = {
+        row.pop("batch"): row
+        for row in Document.objects.filter(batch__in=ids).values("batch").annotate(**_progress_counts())
+    }
+    empty = {"total": 0, **{s.value: 0 for s in Document.Status}, "done": None, "of": None}
+    order = {Document.Status.PROCESSING: 0, Document.Status.QUEUED: 1}
+    pending: dict[int, list[Document]] = {pk: [] for pk in ids}
+    for document in Document.objects.filter(batch__in=ids).unfinished().order_by("batch", "source_path"):
+        if len(pending[document.batch_id]) < unfinished:
+            pending[document.batch_id].append(document)
+    for batch in batches:
+        batch.progress = _progress(counts.get(batch.pk, empty), batch.created_at)
+        batch.unfinished = sorted(pending[batch.pk], key=lambda d: (order.get(d.status, 2), d.source_path))
+    return batches
 
 
 def batch_documents(*, batch: UploadBatch, limit: int = 200):
@@ -135,14 +176,38 @@ def batch_documents(*, batch: UploadBatch, limit: int = 200):
     return sorted(documents, key=lambda d: (order.get(d.status, 3), d.source_path))
 
 
+def batch_document_list(*, user, batch: UploadBatch):
+    """The batch's documents, if the user may read its collection (else none)."""
+    return _readable_documents(user).filter(batch=batch)
+
+
+def batch_report(*, user, batch: UploadBatch, extra_errors: list[dict] = ()) -> dict:
+    """What a batch came to, for kb_ingest: its summary, then each document's outcome and chunk count."""
+    summary = BatchSummary.from_json(batch.summary)
+    report = {
+        "documents": summary.created + summary.updated + summary.unchanged + summary.refused,
+        "created": summary.created, "updated": summary.updated, "unchanged": summary.unchanged,
+        "removed": summary.removed, "refused": summary.refused, "ignored": summary.ignored,
+        "failed": summary.refused + len(extra_errors), "chunks": 0,
+        "errors": summary.errors + list(extra_errors), "removed_paths": summary.removed_paths, "batch": batch.pk,
+    }  # fmt: skip
+    for document in batch_document_list(user=user, batch=batch):
+        if document.status in (Document.Status.FAILED, Document.Status.CANCELLED):
+            report["failed"] += 1
+            report["errors"].append({"source": document.source_path, "reason": document.error})
+        else:
+            report["chunks"] += document.chunk_count
+    return report
+
+
 def chunks_readable_by(*, user):
     """The chunks the user may read, of each collection's current model (never a re-index's staged ones)."""
-    return Chunk.objects.live().readable_by(user)
+    return Chunk.objects.live().in_collections(access.readable_collection_ids(user))
 
 
 def collections_by_model(*, user, collection_ids=None) -> dict:
     """The readable collections (among `collection_ids`, if given) grouped by model: {EmbedSpec: [id, ...]}."""
-    collections = Collection.objects.readable_by(user)
+    collections = _readable_collections(user)
     if collection_ids is not None:
         collections = collections.filter(pk__in=list(collection_ids))
     groups: dict = {}
@@ -187,7 +252,7 @@ def conversation_get(*, user, pk: int) -> Conversation:
 
 def conversation_collections(*, user, conversation: Conversation):
     """The conversation's collections that the user may still read."""
-    return Collection.objects.readable_by(user).filter(pk__in=conversation.collections.values("pk"))
+    return _readable_collections(user).filter(pk__in=conversation.collections.values("pk"))
 
 
 def message_get(*, user, pk: int) -> Message:
@@ -206,7 +271,7 @@ def message_history(*, user, conversation: Conversation, before: Message | None 
     turns = conversation.messages.filter(status__in=[Message.Status.COMPLETE, Message.Status.INCOMPLETE])
     if before is not None:
         turns = turns.filter(created_at__lt=before.created_at)
-    readable = set(Collection.objects.readable_by(user).values_list("pk", flat=True))
+    readable = set(_readable_collections(user).values_list("pk", flat=True))
     recent = list(turns.order_by("-created_at")[: settings.KB_HISTORY_TURNS])
     return [m for m in reversed(recent) if all(s.get("collection_id") in readable for s in m.sources)]
 
@@ -218,7 +283,7 @@ def feedback_get(*, user, message: Message) -> Feedback | None:
 
 def message_sources(*, user, message: Message) -> list[dict]:
     """The message's sources that the user may still read (grants can be revoked after asking)."""
-    readable = set(Collection.objects.readable_by(user).values_list("pk", flat=True))
+    readable = set(_readable_collections(user).values_list("pk", flat=True))
     return [s for s in message.sources if s.get("collection_id") in readable]
 
 
@@ -252,9 +317,9 @@ def api_token_get(*, user, pk: int) -> ApiToken:
 
 def api_token_user(*, raw: str):
     """The active owner of an active token, or None."""
-    from kb.services import token_digest
-
-    token = ApiToken.objects.select_related("user").filter(digest=token_digest(raw), revoked_at__isnull=True).first()
+    token = (
+        ApiToken.objects.select_related("user").filter(digest=ApiToken.digest_of(raw), revoked_at__isnull=True).first()
+    )
     if token is None or not token.user.is_active:
         return None
     return token

@@ -147,6 +147,8 @@ KB_ARCHIVE_MAX_RATIO = env.int("KB_ARCHIVE_MAX_RATIO", default=100)
 # A document silent in "processing" this long is re-queued (up to KB_MAX_ATTEMPTS runs), then failed.
 KB_STALE_SECONDS = env.int("KB_STALE_SECONDS", default=1800)
 KB_MAX_ATTEMPTS = env.int("KB_MAX_ATTEMPTS", default=2)
+# How often celery beat looks for such documents (ingestion.tasks.recover_stale_documents).
+KB_STALE_SWEEP_SECONDS = env.int("KB_STALE_SWEEP_SECONDS", default=60)
 # An archive's pages are queued in tasks of this many documents, each embedded in one pass.
 KB_INGEST_GROUP = env.int("KB_INGEST_GROUP", default=64)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
@@ -237,6 +239,16 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = env.str("KB_QUEUE", default="kb")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Periodic repairs run under celery beat (`make run`'s beat process, compose's beat service),
+# never as a side effect of a page view.
+CELERY_BEAT_SCHEDULE = {
+    "recover-stale-documents": {
+        "task": "ingestion.tasks.recover_stale_documents",
+        "schedule": float(KB_STALE_SWEEP_SECONDS),
+        # A sweep not started within one period is skipped: the next one does the same work.
+        "options": {"expires": float(KB_STALE_SWEEP_SECONDS)},
+    },
+}
 
 # Security: production (DEBUG off) is strict; embedded mode on plain http stays usable.
 SECURE_HTTPS = env.bool("DJANGO_SECURE_HTTPS", default=not EMBEDDED)

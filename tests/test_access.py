@@ -2,8 +2,10 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.http import Http404
 
-from kb import access, selectors, services
+from kb import access, selectors
+from kb.access import system_user
 from kb.models import Role
+from kb.services.collections import collection_grant, collection_revoke
 from tests.factories import make_collection, make_group, make_user
 
 pytestmark = pytest.mark.django_db
@@ -16,7 +18,7 @@ def world():
     staff.save()
     group = make_group("readers", member)
     collection = make_collection("handbook", owner=owner, viewer=[viewer], editor=[editor])
-    services.collection_grant(collection=collection, group=group, role=Role.VIEWER)
+    collection_grant(actor=system_user(), collection=collection, group=group, role=Role.VIEWER)
     other = make_collection("secret", owner=make_user())
     return locals()
 
@@ -50,7 +52,7 @@ def test_readable_collections_are_exactly_the_granted_ones(world):
 
 
 def test_highest_of_direct_and_group_grant_wins(world):
-    services.collection_grant(collection=world["collection"], group=make_group("eds", world["viewer"]),
+    collection_grant(actor=system_user(), collection=world["collection"], group=make_group("eds", world["viewer"]),
                               role=Role.EDITOR)  # fmt: skip
     assert access.role_for(world["viewer"], world["collection"]) == Role.EDITOR
     assert access.can_edit(world["viewer"], world["collection"])
@@ -78,7 +80,7 @@ def test_inactive_user_reads_nothing(world):
 
 
 def test_revoking_a_grant_takes_effect_at_once(world):
-    services.collection_revoke(collection=world["collection"], user=world["viewer"])
+    collection_revoke(actor=system_user(), collection=world["collection"], user=world["viewer"])
     with pytest.raises(Http404):
         selectors.collection_get(user=world["viewer"], pk=world["collection"].pk)
 
@@ -94,9 +96,9 @@ def test_within_a_request_readable_collections_are_worked_out_once_and_again_aft
         with django_assert_num_queries(0):
             assert set(access.readable_collection_ids(reader)) == {first.pk}
             assert access.can_read(reader, first)
-        services.collection_grant(collection=second, role="viewer", user=reader)
+        collection_grant(actor=system_user(), collection=second, role="viewer", user=reader)
         assert set(access.readable_collection_ids(reader)) == {first.pk, second.pk}
-        services.collection_revoke(collection=first, user=reader)
+        collection_revoke(actor=system_user(), collection=first, user=reader)
         assert set(access.readable_collection_ids(reader)) == {second.pk}
         assert not access.can_read(reader, first)
 
@@ -105,6 +107,6 @@ def test_outside_a_request_nothing_is_cached():
     reader = make_user()
     collection = make_collection()
     assert not access.can_read(reader, collection)
-    services.collection_grant(collection=collection, role="viewer", user=reader)  # no forget() needed
+    collection_grant(actor=system_user(), collection=collection, role="viewer", user=reader)  # no forget() needed
     assert access.can_read(reader, collection)
     assert list(access.readable_collection_ids(reader)) == [{"pk": collection.pk}]

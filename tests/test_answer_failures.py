@@ -14,25 +14,13 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from kb import services
 from kb.models import Message
-from kb.services import DISCONNECTED
-from tests.conftest import kb_web_server
-from tests.factories import add_document, make_collection, make_user
+from kb.services.conversations import DISCONNECTED, STOPPED
+from tests.factories import ask, make_user
+from tests.helpers import kb_web_server, read_stream, session_cookies, wait_for_status
 from tests.standins import Behaviour, failing_model_server
-from tests.test_streaming import read_stream
-from tests.test_views import BACKUPS
 
 pytestmark = pytest.mark.django_db
-
-
-def ask(question: str = "When does the backup run?"):
-    user = make_user()
-    collection = make_collection(viewer=[user])
-    add_document(collection, "backups.md", BACKUPS)
-    message, _ = services.message_ask(user=user, question=question, collections=[collection])
-    assert message.status == Message.Status.PENDING
-    return user, message
 
 
 def test_model_server_dying_mid_stream_keeps_the_partial_answer_marked_incomplete(settings):
@@ -95,12 +83,6 @@ def test_model_server_error_status_is_reported_without_an_answer(settings):
 # Through a real uvicorn: disconnects and Stop --------------------------------------------------
 
 
-def session_cookies(user) -> dict:
-    client = Client()
-    client.force_login(user)
-    return {"sessionid": client.cookies["sessionid"].value}
-
-
 def read_tokens(lines, count: int) -> list[str]:
     """Read server-sent event lines until `count` tokens have arrived; return the event names seen."""
     seen: list[str] = []
@@ -110,16 +92,6 @@ def read_tokens(lines, count: int) -> list[str]:
             if seen.count("token") >= count:
                 break
     return seen
-
-
-def wait_for_status(message: Message, *statuses: str, timeout: float = 15) -> Message:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message.refresh_from_db()
-        if message.status in statuses:
-            return message
-        time.sleep(0.1)
-    raise AssertionError(f"message stayed {message.status}")
 
 
 @contextmanager
@@ -166,7 +138,7 @@ def test_stop_button_ends_generation_and_the_stream_sends_the_final_state(settin
     assert "Stopped at your request." in rest
     message.refresh_from_db()
     assert message.status == Message.Status.INCOMPLETE
-    assert message.error == services.STOPPED
+    assert message.error == STOPPED
     assert record.tokens_sent < 100
 
 

@@ -13,12 +13,11 @@ import pytest
 from django.urls import reverse
 
 from kb.models import Message
-from kb.services import DISCONNECTED
-from tests.conftest import kb_web_server
-from tests.factories import add_document, make_collection, make_user
+from kb.services.conversations import DISCONNECTED
+from tests.corpus import BACKUPS
+from tests.factories import add_document, ask, make_collection, make_user
+from tests.helpers import kb_web_server, session_cookies, wait_for_status
 from tests.standins import Behaviour, failing_model_server
-from tests.test_answer_failures import ask, session_cookies, wait_for_status
-from tests.test_views import BACKUPS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,10 +10,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import AsyncClient, Client
 from django.urls import reverse
 
-from kb import services
 from kb.models import ApiToken, AuditEvent, Document, Message
+from kb.services.tokens import api_token_create
+from tests.corpus import BACKUPS
 from tests.factories import add_document, make_collection, make_user
-from tests.test_views import BACKUPS
 
 pytestmark = pytest.mark.django_db
 
@@ -38,7 +38,7 @@ def test_token_is_shown_once_and_stored_only_as_a_digest(client, setup):
     token = ApiToken.objects.get(user=setup["viewer"])
     raw = created.split('<code id="new-token">', 1)[1].split("</code>", 1)[0]
     assert raw.startswith("kb_") and len(raw) > 40
-    assert token.digest == services.token_digest(raw) and raw not in token.digest
+    assert token.digest == ApiToken.digest_of(raw) and raw not in token.digest
     assert raw not in json.dumps(list(ApiToken.objects.values()), default=str)
     listing = client.get(reverse("api_tokens")).content.decode()
     assert raw not in listing and token.prefix in listing
@@ -46,7 +46,7 @@ def test_token_is_shown_once_and_stored_only_as_a_digest(client, setup):
 
 
 def test_revoked_token_is_refused_on_the_next_request(client, setup):
-    token, raw = services.api_token_create(user=setup["viewer"], name="ci")
+    token, raw = api_token_create(user=setup["viewer"], name="ci")
     api = Client()
     assert api.get(reverse("api_collections"), headers=bearer(raw)).status_code == 200
     client.force_login(setup["viewer"])
@@ -57,7 +57,7 @@ def test_revoked_token_is_refused_on_the_next_request(client, setup):
 
 
 def test_another_users_token_cannot_be_revoked(client, setup):
-    token, _ = services.api_token_create(user=setup["viewer"], name="ci")
+    token, _ = api_token_create(user=setup["viewer"], name="ci")
     client.force_login(setup["editor"])
     assert client.post(reverse("api_token_revoke", args=[token.pk])).status_code == 404
     token.refresh_from_db()
@@ -65,7 +65,7 @@ def test_another_users_token_cannot_be_revoked(client, setup):
 
 
 def test_inactive_owner_makes_the_token_useless(setup):
-    _, raw = services.api_token_create(user=setup["viewer"], name="ci")
+    _, raw = api_token_create(user=setup["viewer"], name="ci")
     setup["viewer"].is_active = False
     setup["viewer"].save()
     assert Client().get(reverse("api_collections"), headers=bearer(raw)).status_code == 401
@@ -77,7 +77,7 @@ def test_the_api_ignores_the_session_cookie(client, setup):
 
 
 def test_token_requests_need_no_csrf_token_but_session_posts_do(setup):
-    _, raw = services.api_token_create(user=setup["editor"], name="ci")
+    _, raw = api_token_create(user=setup["editor"], name="ci")
     strict = Client(enforce_csrf_checks=True)
     files = {"files": [SimpleUploadedFile("new.md", b"# New\n\nSomething new.\n")]}
     url = reverse("api_documents_upload", args=[setup["ops"].pk])
@@ -90,15 +90,15 @@ def test_token_requests_need_no_csrf_token_but_session_posts_do(setup):
 
 
 def test_collections_lists_exactly_what_the_owner_reads(setup):
-    _, raw = services.api_token_create(user=setup["viewer"], name="ci")
+    _, raw = api_token_create(user=setup["viewer"], name="ci")
     data = Client().get(reverse("api_collections"), headers=bearer(raw)).json()
     assert [(c["name"], c["role"]) for c in data["collections"]] == [("ops", "viewer")]
 
 
 def test_upload_needs_the_editor_role(setup):
     url = reverse("api_documents_upload", args=[setup["ops"].pk])
-    _, viewer_raw = services.api_token_create(user=setup["viewer"], name="v")
-    _, editor_raw = services.api_token_create(user=setup["editor"], name="e")
+    _, viewer_raw = api_token_create(user=setup["viewer"], name="v")
+    _, editor_raw = api_token_create(user=setup["editor"], name="e")
     file = SimpleUploadedFile("runbook.md", b"# Runbook\n\nRestart the service.\n")
     assert Client().post(url, {"files": [file]}, headers=bearer(viewer_raw)).status_code == 404
     file.seek(0)
@@ -112,7 +112,7 @@ def test_upload_needs_the_editor_role(setup):
 
 
 def test_ask_naming_an_unreadable_collection_is_404_and_records_nothing(setup):
-    _, raw = services.api_token_create(user=setup["viewer"], name="v")
+    _, raw = api_token_create(user=setup["viewer"], name="v")
     body = {"question": "What does the backup administrator earn?", "collections": [setup["secret"].pk]}
     response = Client().post(reverse("api_ask"), body, content_type="application/json", headers=bearer(raw))
     assert response.status_code == 404
@@ -120,7 +120,7 @@ def test_ask_naming_an_unreadable_collection_is_404_and_records_nothing(setup):
 
 
 def test_ask_returns_the_answer_of_the_real_model_with_readable_sources(setup, model_server):
-    _, raw = services.api_token_create(user=setup["viewer"], name="v")
+    _, raw = api_token_create(user=setup["viewer"], name="v")
     body = {"question": "When does the database backup run?", "collections": [setup["ops"].pk]}
     response = Client().post(reverse("api_ask"), body, content_type="application/json", headers=bearer(raw))
     assert response.status_code == 200, response.content
@@ -132,7 +132,7 @@ def test_ask_returns_the_answer_of_the_real_model_with_readable_sources(setup, m
 
 
 def test_ask_streams_tokens_then_the_whole_message(setup, model_server):
-    _, raw = services.api_token_create(user=setup["viewer"], name="v")
+    _, raw = api_token_create(user=setup["viewer"], name="v")
     body = {"question": "How do I restore?", "collections": [setup["ops"].pk], "stream": True}
 
     async def run() -> str:

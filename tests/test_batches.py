@@ -8,20 +8,25 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from django.utils import timezone
 
-from kb import selectors, services
+from ingestion.processing import document_process, documents_process
+from ingestion.status import document_mark, documents_recover_stale
+from kb import selectors
 from kb.access import system_user
 from kb.models import Chunk, Document, UploadBatch
+from kb.services.documents import archive_upload, batch_add_file, batch_cancel, batch_create, document_upload
+from kb.services.reindex import collection_reindex
+from tests.corpus import BACKUPS
 from tests.factories import add_document, make_collection, make_user
-from tests.test_views import BACKUPS
+from tests.ingestion.builders import make_zip
 
 pytestmark = pytest.mark.django_db
 
 
 def _batch_of(collection, *names, user=None):
     user = user or system_user()
-    batch = services.batch_create(user=user, collection=collection, label=f"{len(names)} files")
+    batch = batch_create(user=user, collection=collection, label=f"{len(names)} files")
     for name in names:
-        services.batch_add_file(
+        batch_add_file(
             user=user, batch=batch, file=io.BytesIO(f"# {name}\n\nText of {name}.".encode()), name=name, enqueue=False
         )
     return batch
@@ -31,9 +36,9 @@ def test_progress_counts_documents_and_the_embedded_share_of_those_in_progress()
     collection = make_collection()
     batch = _batch_of(collection, "a.md", "b.md", "c.md", "d.md")
     a, b, c, d = Document.objects.filter(batch=batch).order_by("source_path")
-    services.document_process(document_id=a.pk)
-    services.document_mark(document_id=b.pk, status=Document.Status.FAILED, error="bad")
-    services.document_mark(document_id=c.pk, status=Document.Status.PROCESSING, stage="embedding", done=1, total=2)
+    document_process(document_id=a.pk)
+    document_mark(document_id=b.pk, status=Document.Status.FAILED, error="bad")
+    document_mark(document_id=c.pk, status=Document.Status.PROCESSING, stage="embedding", done=1, total=2)
     UploadBatch.objects.filter(pk=batch.pk).update(created_at=timezone.now() - timedelta(seconds=50))
     batch.refresh_from_db()
 
@@ -50,13 +55,13 @@ def test_cancelling_a_batch_cancels_what_is_unfinished_and_says_so():
     collection = make_collection(editor=[editor])
     batch = _batch_of(collection, "a.md", "b.md", user=editor)
     done, waiting = Document.objects.filter(batch=batch).order_by("source_path")
-    services.document_process(document_id=done.pk)
+    document_process(document_id=done.pk)
 
-    assert services.batch_cancel(user=editor, batch=batch) == 1
+    assert batch_cancel(user=editor, batch=batch) == 1
 
     waiting.refresh_from_db()
     assert waiting.status == Document.Status.CANCELLED and waiting.error == "Cancelled by ed before it finished."
-    services.document_process(document_id=waiting.pk)  # a task still in the queue does nothing
+    document_process(document_id=waiting.pk)  # a task still in the queue does nothing
     waiting.refresh_from_db()
     assert waiting.status == Document.Status.CANCELLED and not Chunk.objects.filter(document=waiting).exists()
     assert selectors.batch_progress(batch=batch).done
@@ -69,7 +74,7 @@ def test_a_worker_mid_document_stops_at_its_next_progress_mark_when_cancelled(se
     collection = make_collection()
     long = "\n\n".join(f"## Step {n}\n\n" + "Replicas keep a nightly snapshot. " * 20 for n in range(6))
     batch = _batch_of(collection)
-    services.batch_add_file(
+    batch_add_file(
         user=system_user(), batch=batch, file=io.BytesIO(long.encode()), name="runbook.md", enqueue=False
     )
     document = Document.objects.get(batch=batch)
@@ -80,13 +85,13 @@ def test_a_worker_mid_document_stops_at_its_next_progress_mark_when_cancelled(se
     def cancel_after_first_batch(texts, *, progress=None, embedder=None):
         def progress_then_cancel(done, total):
             if done == 1:
-                services.batch_cancel(user=system_user(), batch=batch)
+                batch_cancel(user=system_user(), batch=batch)
             progress(done, total)
 
         return real_embed(texts, progress=progress_then_cancel, embedder=embedder)
 
     monkeypatch.setattr(pipeline, "embed_texts", cancel_after_first_batch)
-    services.document_process(document_id=document.pk)
+    document_process(document_id=document.pk)
 
     document.refresh_from_db()
     assert document.status == Document.Status.CANCELLED and document.progress_done == 0
@@ -96,8 +101,8 @@ def test_a_worker_mid_document_stops_at_its_next_progress_mark_when_cancelled(se
 def test_a_cancelled_document_uploaded_again_is_processed_again():
     collection = make_collection()
     batch = _batch_of(collection, "a.md")
-    services.batch_cancel(user=system_user(), batch=batch)
-    again = services.document_upload(
+    batch_cancel(user=system_user(), batch=batch)
+    again = document_upload(
         user=system_user(),
         collection=collection,
         file=io.BytesIO(b"# a.md\n\nText of a.md."),
@@ -124,12 +129,12 @@ def test_a_stale_processing_document_is_requeued_once_then_failed(settings, djan
     Document.objects.filter(pk=document.pk).update(status=Document.Status.PROCESSING, attempts=1, updated_at=long_ago)
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.documents_recover_stale() == {"requeued": 1, "failed": 0}
+        assert documents_recover_stale() == {"requeued": 1, "failed": 0}
     document.refresh_from_db()
     assert document.status == Document.Status.QUEUED and queued == [document.pk]
 
     Document.objects.filter(pk=document.pk).update(status=Document.Status.PROCESSING, attempts=2, updated_at=long_ago)
-    assert services.documents_recover_stale() == {"requeued": 0, "failed": 1}
+    assert documents_recover_stale() == {"requeued": 0, "failed": 1}
     document.refresh_from_db()
     assert document.status == Document.Status.FAILED and "stopped without finishing 2 times" in document.error
 
@@ -141,22 +146,22 @@ def test_a_queued_document_whose_message_was_lost_is_sent_again(settings, django
     Document.objects.filter(pk=lost.pk).update(updated_at=timezone.now() - timedelta(seconds=120))
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.documents_recover_stale() == {"requeued": 1, "failed": 0}
+        assert documents_recover_stale() == {"requeued": 1, "failed": 0}
     assert queued == [lost.pk], "only the document queued for longer than KB_STALE_SECONDS is sent again"
     lost.refresh_from_db()
     assert lost.status == Document.Status.QUEUED
     # Sent again just now: not again on the next look.
-    assert services.documents_recover_stale() == {"requeued": 0, "failed": 0}
+    assert documents_recover_stale() == {"requeued": 0, "failed": 0}
     assert recent.status == Document.Status.QUEUED
 
 
 def test_a_document_still_reporting_progress_is_not_stale(settings):
     settings.KB_STALE_SECONDS = 60
     document = add_document(make_collection(), "a.md", "# A\n\nText.", process=False)
-    services.document_mark(
+    document_mark(
         document_id=document.pk, status=Document.Status.PROCESSING, stage="embedding", done=1, total=3
     )
-    assert services.documents_recover_stale() == {"requeued": 0, "failed": 0}
+    assert documents_recover_stale() == {"requeued": 0, "failed": 0}
 
 
 # -- views --------------------------------------------------------------------------------------
@@ -187,7 +192,7 @@ def test_a_multi_file_upload_is_one_batch_whose_partial_polls_until_done(editor_
     assert 'hx-trigger="every 1s"' in html and "0 of 3 ready" in html and "Cancel upload" in html
 
     for document in Document.objects.filter(batch=batch):
-        services.document_process(document_id=document.pk)
+        document_process(document_id=document.pk)
     poll = client.get(
         reverse("collection_detail", args=[collection.pk]) + "?part=batches", headers={"HX-Request": "true"}
     ).content.decode()
@@ -217,7 +222,8 @@ def test_viewers_cannot_cancel_a_batch(client):
     assert Document.objects.get(batch=batch).status == Document.Status.QUEUED
 
 
-def test_watching_progress_recovers_stale_documents(editor_client, settings, monkeypatch):
+def test_the_beat_sweep_fails_a_stale_document_and_the_next_poll_shows_it(editor_client, settings, monkeypatch):
+    # Watching progress writes nothing (tests/test_beat.py): recovery is celery beat's sweep.
     from ingestion import tasks
 
     monkeypatch.setattr(tasks.ingest_document, "delay", lambda pk: None)
@@ -227,6 +233,7 @@ def test_watching_progress_recovers_stale_documents(editor_client, settings, mon
     Document.objects.filter(batch=batch).update(
         status=Document.Status.PROCESSING, attempts=5, updated_at=timezone.now() - timedelta(hours=1)
     )
+    tasks.recover_stale_documents()
     poll = client.get(
         reverse("collection_detail", args=[collection.pk]) + "?part=batches", headers={"HX-Request": "true"}
     ).content.decode()
@@ -234,8 +241,6 @@ def test_watching_progress_recovers_stale_documents(editor_client, settings, mon
 
 
 def test_an_archive_upload_in_the_browser_reports_its_sync(editor_client):
-    from tests.ingestion.test_archives import make_zip
-
     client, collection = editor_client
     archive = SimpleUploadedFile("wiki.zip", make_zip({"a.md": "# A\n\nOne.", "b/c.md": "# C\n\nTwo."}).getvalue())
     client.post(reverse("document_upload", args=[collection.pk]), {"files": [archive]})
@@ -250,10 +255,8 @@ def test_an_archive_upload_in_the_browser_reports_its_sync(editor_client):
 
 
 def test_document_page_shows_the_archive_breadcrumb(editor_client):
-    from tests.ingestion.test_archives import make_zip
-
     client, collection = editor_client
-    services.archive_upload(
+    archive_upload(
         user=system_user(),
         collection=collection,
         name="wiki.zip",
@@ -261,7 +264,7 @@ def test_document_page_shows_the_archive_breadcrumb(editor_client):
         file=make_zip({"ops/runbooks/backups.md": "# Backups\n\nSee [restore](restore.md)."}),
     )
     document = Document.objects.get(collection=collection)
-    services.document_process(document_id=document.pk)
+    document_process(document_id=document.pk)
     html = client.get(reverse("document_detail", args=[document.pk])).content.decode()
     assert " / ops / runbooks / backups.md" in html and "From the archive wiki.zip" in html
     assert "ops/runbooks/restore.md" in html
@@ -272,7 +275,7 @@ def test_reindex_replaces_every_chunk_of_the_collection():
     document = add_document(collection, "backups.md", BACKUPS)
     old = set(Chunk.objects.filter(document=document).values_list("pk", flat=True))
 
-    assert services.collection_reindex(user=system_user(), collection=collection, inline=True) == 1
+    assert collection_reindex(user=system_user(), collection=collection, inline=True) == 1
 
     new = set(Chunk.objects.filter(document=document).values_list("pk", flat=True))
     assert new and not new & old
@@ -345,8 +348,6 @@ def passes(monkeypatch) -> list[int]:
 
 
 def _wiki(*names: str) -> io.BytesIO:
-    from tests.ingestion.test_archives import make_zip
-
     return make_zip({name: f"# {name}\n\nText of {name}, on its own page." for name in names})
 
 
@@ -364,7 +365,7 @@ def test_an_archive_is_queued_in_groups_each_embedded_in_one_pass(
     passes.clear()
 
     with django_capture_on_commit_callbacks(execute=True):
-        services.archive_upload(
+        archive_upload(
             user=system_user(), collection=collection, file=_wiki("a.md", "b.md", "c.md", "same.md"), name="wiki.zip"
         )
 
@@ -381,7 +382,7 @@ def test_a_page_failing_unexpectedly_fails_alone_and_its_group_goes_on(monkeypat
     from ingestion import readers
 
     collection = make_collection()
-    services.archive_upload(
+    archive_upload(
         user=system_user(), collection=collection, file=_wiki("a.md", "bad.md", "c.md"), name="wiki.zip", enqueue=False
     )
     real_read = readers.read
@@ -392,7 +393,7 @@ def test_a_page_failing_unexpectedly_fails_alone_and_its_group_goes_on(monkeypat
         return real_read(path, name=name)
 
     monkeypatch.setattr(readers, "read", read)
-    services.documents_process(document_ids=list(Document.objects.values_list("pk", flat=True)))
+    documents_process(document_ids=list(Document.objects.values_list("pk", flat=True)))
 
     status = {d.source_path: (d.status, d.error) for d in Document.objects.all()}
     assert status["bad.md"] == (
@@ -406,8 +407,8 @@ def test_a_shared_pass_shows_its_progress_on_each_page_and_stops_when_its_batch_
     settings.KB_EMBED_BATCH_SIZE = 1
     editor = make_user("ed")
     collection = make_collection(editor=[editor])
-    batch = services.batch_create(user=editor, collection=collection, label="wiki.zip")
-    services.batch_add_file(
+    batch = batch_create(user=editor, collection=collection, label="wiki.zip")
+    batch_add_file(
         user=editor, batch=batch, file=_wiki("a.md", "b.md", "c.md"), name="wiki.zip", enqueue=False
     )
     ids = list(Document.objects.filter(batch=batch).values_list("pk", flat=True))
@@ -415,9 +416,9 @@ def test_a_shared_pass_shows_its_progress_on_each_page_and_stops_when_its_batch_
 
     def progress(done, total):
         seen.append({(d.stage, d.progress_done, d.progress_total) for d in Document.objects.filter(pk__in=ids)})
-        services.batch_cancel(user=editor, batch=batch)
+        batch_cancel(user=editor, batch=batch)
 
-    services.documents_process(document_ids=ids, progress=progress)
+    documents_process(document_ids=ids, progress=progress)
 
     assert seen == [{("embedding", 1, 3)}]  # every page of the pass, then the pass stopped at its next mark
     assert set(Document.objects.values_list("status", flat=True)) == {Document.Status.CANCELLED}

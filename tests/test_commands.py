@@ -7,10 +7,11 @@ import sys
 import pytest
 from django.core.management import CommandError, call_command
 
-from kb.models import Collection, Document
+from kb.access import system_user
+from kb.models import Collection, Document, Message
+from kb.services.conversations import NO_SOURCE_ANSWER
+from tests.corpus import BACKUPS, VACATION
 from tests.factories import make_collection, make_user
-from tests.test_retrieval import VACATION
-from tests.test_views import BACKUPS
 
 pytestmark = pytest.mark.django_db
 
@@ -115,6 +116,30 @@ def test_ask_generates_an_answer_with_the_model_server(wiki, model_server):
     assert record["answer"] and "error" not in record
     assert 0 < record["timings_ms"]["first_token"] <= record["timings_ms"]["total"]
     assert record["sources"][0]["source"] == "ops/backups.md"
+
+
+def test_ask_refuses_with_the_pages_words_and_records_the_question(wiki):
+    # Nothing relevant: no model is called (none runs in this test), and the refusal is the
+    # conversation service's, word for word the one the pages show.
+    record = json.loads(run("kb_ask", "zebra migration across the savanna", "--collection", "Wiki", "--json"))
+    assert record["answer"] == NO_SOURCE_ANSWER and record["sources"] == [] and "error" not in record
+    message = Message.objects.get()
+    assert (message.question, message.status, message.answer) == (
+        "zebra migration across the savanna", Message.Status.NO_ANSWER, NO_SOURCE_ANSWER,
+    )  # fmt: skip
+    assert message.conversation.user == system_user()
+
+
+def test_ask_stores_the_generated_answer_in_a_conversation(wiki, model_server):
+    record = json.loads(run("kb_ask", "When does the database backup run?", "--collection", "Wiki", "--json"))
+    message = Message.objects.get()
+    assert message.status == Message.Status.COMPLETE and message.answer == record["answer"]
+    assert [s["n"] for s in message.sources] == [s["rank"] for s in record["sources"]]
+
+
+def test_ask_with_no_generate_records_nothing(wiki):
+    run("kb_ask", "when does the backup run", "--collection", "Wiki", "--no-generate", "--json")
+    assert not Message.objects.exists()
 
 
 def test_ingest_prints_a_readable_summary(docs):

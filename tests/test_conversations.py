@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from kb import answering, selectors, services
+from kb import answering, selectors
+from kb.access import system_user
 from kb.models import Feedback, Message
-from tests.factories import add_document, make_collection, make_user
-from tests.test_answer_failures import ask
-from tests.test_streaming import read_stream
-from tests.test_views import BACKUPS
+from kb.services.collections import collection_revoke
+from kb.services.conversations import feedback_give, message_ask, message_claim, message_finish, message_regenerate
+from tests.corpus import BACKUPS
+from tests.factories import add_document, ask, make_collection, make_user
+from tests.helpers import free_port, read_stream
 
 pytestmark = pytest.mark.django_db
 
@@ -24,8 +26,8 @@ build and the pipeline rolls it out to the web servers one at a time.
 
 
 def answered(message: Message, answer: str = "Backups run nightly at 02:00 [1].") -> Message:
-    services.message_claim(message=message)
-    return services.message_finish(message=message, answer=answer, status=Message.Status.COMPLETE)
+    message_claim(message=message)
+    return message_finish(message=message, answer=answer, status=Message.Status.COMPLETE)
 
 
 @pytest.fixture
@@ -39,11 +41,11 @@ def two_topics():
 
 def test_a_follow_up_is_searched_together_with_the_earlier_question(two_topics):
     user, collection = two_topics
-    first, _ = services.message_ask(
+    first, _ = message_ask(
         user=user, question="Where are the database backups described?", collections=[collection]
     )
     answered(first)
-    follow_up, _ = services.message_ask(
+    follow_up, _ = message_ask(
         user=user, question="How many copies are kept?", collections=[collection], conversation=first.conversation
     )
     assert follow_up.search_query == "Where are the database backups described? How many copies are kept?"
@@ -54,20 +56,18 @@ def test_a_follow_up_is_searched_together_with_the_earlier_question(two_topics):
 
 def test_a_first_question_is_searched_as_asked(two_topics):
     user, collection = two_topics
-    message, _ = services.message_ask(user=user, question="When do releases go out?", collections=[collection])
+    message, _ = message_ask(user=user, question="When do releases go out?", collections=[collection])
     assert message.search_query == "When do releases go out?"
     assert message.sources[0]["source"] == "deploys.md"
 
 
 def test_model_rewrite_falls_back_to_history_when_the_model_server_is_down(two_topics, settings):
-    from tests.conftest import free_port
-
     settings.KB_FOLLOWUP_REWRITE = "model"
     settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
     user, collection = two_topics
-    first, _ = services.message_ask(user=user, question="How are backups made?", collections=[collection])
+    first, _ = message_ask(user=user, question="How are backups made?", collections=[collection])
     answered(first)
-    follow_up, _ = services.message_ask(
+    follow_up, _ = message_ask(
         user=user, question="And how often?", collections=[collection], conversation=first.conversation
     )
     assert follow_up.search_query == "How are backups made? And how often?"
@@ -76,7 +76,7 @@ def test_model_rewrite_falls_back_to_history_when_the_model_server_is_down(two_t
 def test_model_rewrite_with_the_real_model_gives_one_standalone_line(two_topics, settings, model_server):
     settings.KB_FOLLOWUP_REWRITE = "model"
     user, collection = two_topics
-    first, _ = services.message_ask(user=user, question="How are database backups made?", collections=[collection])
+    first, _ = message_ask(user=user, question="How are database backups made?", collections=[collection])
     answered(first)
     history = selectors.message_history(user=user, conversation=first.conversation)
     query = answering.standalone_question("How often does it run?", history)
@@ -90,12 +90,12 @@ def test_the_prompt_carries_a_bounded_history_of_earlier_turns(two_topics, setti
     user, collection = two_topics
     conversation = None
     for i in range(4):
-        message, _ = services.message_ask(
+        message, _ = message_ask(
             user=user, question=f"Question {i} about backups?", collections=[collection], conversation=conversation
         )
         answered(message, answer=f"Answer {i} " + "x" * 50)
         conversation = message.conversation
-    last, _ = services.message_ask(
+    last, _ = message_ask(
         user=user, question="And the restore?", collections=[collection], conversation=conversation
     )
     history = selectors.message_history(user=user, conversation=conversation, before=last)
@@ -111,16 +111,16 @@ def test_history_leaves_out_turns_that_drew_on_a_revoked_collection(two_topics):
     user, collection = two_topics
     secret = make_collection(viewer=[user])
     add_document(secret, "payroll.md", "# Payroll\n\nSalaries are paid on the 25th of each month.")
-    first, _ = services.message_ask(user=user, question="When are salaries paid?", collections=[collection, secret])
+    first, _ = message_ask(user=user, question="When are salaries paid?", collections=[collection, secret])
     answered(first, answer="On the 25th [1].")
     assert any(s["collection_id"] == secret.pk for s in first.sources)
-    services.collection_revoke(collection=secret, user=user)
+    collection_revoke(actor=system_user(), collection=secret, user=user)
     assert selectors.message_history(user=user, conversation=first.conversation) == []
 
 
 def test_regenerate_retrieves_again_and_streams_a_new_answer(two_topics, client):
     user, collection = two_topics
-    message, _ = services.message_ask(user=user, question="When does the backup run?", collections=[collection])
+    message, _ = message_ask(user=user, question="When does the backup run?", collections=[collection])
     answered(message, answer="Old answer [1].")
     client.force_login(user)
     response = client.post(reverse("message_regenerate", args=[message.pk]), headers={"HX-Request": "true"})
@@ -135,17 +135,17 @@ def test_regenerate_retrieves_again_and_streams_a_new_answer(two_topics, client)
 
 def test_regenerate_uses_current_access(two_topics):
     user, collection = two_topics
-    message, _ = services.message_ask(user=user, question="When does the backup run?", collections=[collection])
+    message, _ = message_ask(user=user, question="When does the backup run?", collections=[collection])
     answered(message)
-    services.collection_revoke(collection=collection, user=user)
-    message = services.message_regenerate(user=user, message=message)
+    collection_revoke(actor=system_user(), collection=collection, user=user)
+    message = message_regenerate(user=user, message=message)
     assert message.sources == []
     assert message.status == Message.Status.NO_ANSWER
 
 
 def test_an_answer_being_written_cannot_be_regenerated(client):
     user, message = ask()
-    services.message_claim(message=message)
+    message_claim(message=message)
     client.force_login(user)
     response = client.post(reverse("message_regenerate", args=[message.pk]), headers={"HX-Request": "true"})
     assert response.status_code == 422
@@ -167,7 +167,7 @@ def test_feedback_is_stored_with_the_answer_it_judged(client):
     assert (feedback.rating, feedback.comment, feedback.user) == (1, "", user)
     assert feedback.answer == "Backups run nightly at 02:00 [1]."
     # A regenerate keeps the judgement of the old answer, detached from the new one.
-    services.message_regenerate(user=user, message=message)
+    message_regenerate(user=user, message=message)
     feedback.refresh_from_db()
     assert feedback.message is None and feedback.answer == "Backups run nightly at 02:00 [1]."
 
@@ -193,7 +193,7 @@ def test_an_unfinished_answer_cannot_be_rated(client):
 def test_admins_read_feedback_in_the_admin(client):
     user, message = ask()
     answered(message)
-    services.feedback_give(user=user, message=message, rating=-1, comment="Too vague")
+    feedback_give(user=user, message=message, rating=-1, comment="Too vague")
     client.force_login(make_user(is_staff=True, is_superuser=True))
     response = client.get(reverse("admin:kb_feedback_changelist"))
     assert response.status_code == 200
@@ -202,11 +202,11 @@ def test_admins_read_feedback_in_the_admin(client):
 
 def test_a_follow_up_streams_an_answer_from_the_real_model(two_topics, model_server):
     user, collection = two_topics
-    first, _ = services.message_ask(user=user, question="When does the backup run?", collections=[collection])
+    first, _ = message_ask(user=user, question="When does the backup run?", collections=[collection])
     read_stream(user, first)
     first.refresh_from_db()
     assert first.status == Message.Status.COMPLETE
-    follow_up, _ = services.message_ask(
+    follow_up, _ = message_ask(
         user=user, question="How many copies does it keep?", collections=[collection], conversation=first.conversation
     )
     events = read_stream(user, follow_up)

@@ -7,12 +7,13 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
-from tests.conftest import ARTIFACTS
-from tests.test_views import BACKUPS
+from kb.services.collections import collection_create, collection_grant
+from tests.corpus import BACKUPS, long_document
+from tests.helpers import ARTIFACTS, PASSWORD, sign_in
+from tests.ingestion.builders import make_zip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-PASSWORD = "a-long-test-password-1"
 
 RECORD_SSE = """
 window.kbSse = [];
@@ -21,14 +22,6 @@ document.addEventListener("htmx:sseMessage", (e) => {
   window.kbSse.push({type: e.detail.type, length: live ? live.textContent.length : -1});
 });
 """
-
-
-def sign_in(page, base: str, username: str) -> None:
-    page.goto(f"{base}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page.locator(".topbar .who")).to_have_text(username)
 
 
 def test_upload_ingest_ask_stream_and_follow_a_citation(
@@ -51,11 +44,11 @@ def test_upload_ingest_ask_stream_and_follow_a_citation(
     page.get_by_role("button", name="Upload", exact=True).click()
     # 2. The worker parses, chunks, embeds and stores it; the page shows the status until ready.
     expect(page.locator("#documents .badge")).to_have_text("Ready", timeout=120_000)
-    from kb import services
+    from kb.access import system_user
     from kb.models import Collection
 
-    services.collection_grant(collection=Collection.objects.get(name="Operations"),
-                              user=User.objects.get(username="reader"), role="viewer")  # fmt: skip
+    collection_grant(actor=system_user(), collection=Collection.objects.get(name="Operations"),
+                     user=User.objects.get(username="reader"), role="viewer")  # fmt: skip
 
     # 3. A viewer asks; the answer streams in token by token, with numbered citations.
     page.context.clear_cookies()
@@ -143,11 +136,9 @@ DROP_FILES = """
 def test_dropped_files_upload_as_one_batch_with_live_progress_to_ready(
     page, web_server, celery_worker_process, tmp_path
 ):
-    from kb import services
-    from tests.test_tasks import long_document
 
     admin = User.objects.create_superuser("admin", password=PASSWORD)
-    collection = services.collection_create(user=admin, name="Runbooks")
+    collection = collection_create(user=admin, name="Runbooks")
     sign_in(page, web_server, "admin")
     page.add_init_script(RECORD_BATCH)
     page.goto(f"{web_server}/collections/{collection.pk}/")
@@ -181,13 +172,10 @@ def test_a_dropped_wiki_export_is_embedded_in_one_grouped_task_with_live_progres
 ):
     import base64
 
-    from kb import services
     from kb.models import Document
-    from tests.ingestion.test_archives import make_zip
-    from tests.test_tasks import long_document
 
     admin = User.objects.create_superuser("admin", password=PASSWORD)
-    collection = services.collection_create(user=admin, name="Wiki")
+    collection = collection_create(user=admin, name="Wiki")
     sign_in(page, web_server, "admin")
     page.add_init_script(RECORD_BATCH)
     page.goto(f"{web_server}/collections/{collection.pk}/")

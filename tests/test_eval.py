@@ -4,9 +4,8 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
+from tests.corpus import BACKUPS, VACATION
 from tests.factories import add_document, make_collection, make_user
-from tests.test_retrieval import VACATION
-from tests.test_views import BACKUPS
 
 pytestmark = pytest.mark.django_db
 

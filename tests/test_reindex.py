@@ -17,13 +17,16 @@ from django.db import connection, transaction
 from django.urls import reverse
 
 from ingestion import pipeline, tasks
-from ingestion.embeddings import EmbedSpec
-from kb import retrieval, services, vector_indexes
+from ingestion.processing import document_process, documents_process
+from ingestion.spec import EmbedSpec
+from kb import retrieval, vector_indexes
 from kb.access import system_user
 from kb.models import Chunk, Collection, Document
+from kb.services.collections import collection_delete
+from kb.services.documents import document_delete, document_upload
+from kb.services.reindex import collection_reindex
+from tests.corpus import BACKUPS, VACATION
 from tests.factories import add_document, make_collection, make_user
-from tests.test_retrieval import VACATION
-from tests.test_views import BACKUPS
 
 pytestmark = pytest.mark.django_db
 
@@ -126,11 +129,11 @@ def test_reindex_to_a_model_of_another_size_serves_the_old_vectors_until_every_d
     old = chunk_ids(collection)
     new_spec = configure(small=True)
 
-    assert services.collection_reindex(user=system_user(), collection=collection) == 3
+    assert collection_reindex(user=system_user(), collection=collection) == 3
     assert queued == sorted(d.pk for d in documents)
     assert vector_indexes.state(SMALL) == "valid"  # made before the first new vector arrives
-    services.document_process(document_id=queued[0], reindex=True)
-    services.document_process(document_id=queued[1], reindex=True)
+    document_process(document_id=queued[0], reindex=True)
+    document_process(document_id=queued[1], reindex=True)
 
     # Two of three done: questions are still answered from the 384-d vectors, with the old model.
     collection.refresh_from_db()
@@ -140,7 +143,7 @@ def test_reindex_to_a_model_of_another_size_serves_the_old_vectors_until_every_d
     assert dims(collection, pk__in=old) == {384}
     assert dims(collection, generation=collection.reindex_generation) == {SMALL}
 
-    services.document_process(document_id=queued[2], reindex=True)
+    document_process(document_id=queued[2], reindex=True)
 
     collection.refresh_from_db()
     assert collection.embed_spec == new_spec and collection.reindex_model is None
@@ -196,23 +199,23 @@ def small_model_name(collection: Collection) -> str:
 def test_a_redelivered_or_repeated_reindex_embeds_nothing_twice(ops, configure, queued):
     _, collection, documents = ops
     configure(small=True)
-    services.collection_reindex(user=system_user(), collection=collection)
-    services.document_process(document_id=documents[0].pk, reindex=True)
+    collection_reindex(user=system_user(), collection=collection)
+    document_process(document_id=documents[0].pk, reindex=True)
     collection.refresh_from_db()
     staged = chunk_ids(collection, generation=collection.reindex_generation)
 
-    services.document_process(document_id=documents[0].pk, reindex=True)  # redelivered
+    document_process(document_id=documents[0].pk, reindex=True)  # redelivered
     queued.clear()
-    assert services.collection_reindex(user=system_user(), collection=collection) == 2  # run again
+    assert collection_reindex(user=system_user(), collection=collection) == 2  # run again
 
     assert queued == [documents[1].pk, documents[2].pk]
     assert chunk_ids(collection, generation=collection.reindex_generation) == staged
     for pk in queued:
-        services.document_process(document_id=pk, reindex=True)
+        document_process(document_id=pk, reindex=True)
     collection.refresh_from_db()
     assert collection.embed_spec.dim == SMALL and staged <= chunk_ids(collection)
     # A task of the finished re-index that arrives late changes nothing.
-    services.document_process(document_id=documents[1].pk, reindex=True)
+    document_process(document_id=documents[1].pk, reindex=True)
     assert dims(collection) == {SMALL} and Chunk.objects.filter(collection=collection).count() == sum(
         d.chunk_count for d in Document.objects.filter(collection=collection)
     )
@@ -223,7 +226,7 @@ def test_two_collections_on_two_models_answer_one_question(ops, configure, monke
     hr = make_collection("hr", viewer=[reader])
     add_document(hr, "vacation.md", VACATION.replace("five", "seven"))
     configure(small=True)
-    services.collection_reindex(user=system_user(), collection=collection, inline=True)
+    collection_reindex(user=system_user(), collection=collection, inline=True)
     configure(small=False)
     embedded: list[EmbedSpec] = []
     embed_query = retrieval.embed_query
@@ -243,7 +246,7 @@ def test_two_collections_on_two_models_answer_one_question(ops, configure, monke
 def test_new_documents_are_embedded_with_their_collections_model_not_the_settings(ops, configure):
     reader, collection, _ = ops
     configure(small=True)
-    services.collection_reindex(user=system_user(), collection=collection, inline=True)
+    collection_reindex(user=system_user(), collection=collection, inline=True)
     configure(small=False)
 
     document = add_document(collection, "restore-drill.md", "# Restore drill\n\nPractise a restore every quarter.")
@@ -260,8 +263,8 @@ def test_a_document_changed_during_a_reindex_is_embedded_with_the_new_model_too(
 ):
     reader, collection, (backups, *_) = ops
     configure(small=True)
-    services.collection_reindex(user=system_user(), collection=collection)
-    services.document_process(document_id=backups.pk, reindex=True)
+    collection_reindex(user=system_user(), collection=collection)
+    document_process(document_id=backups.pk, reindex=True)
     queued.clear()
 
     changed = BACKUPS.replace("fourteen copies", "thirty copies")
@@ -273,7 +276,7 @@ def test_a_document_changed_during_a_reindex_is_embedded_with_the_new_model_too(
     assert not Chunk.objects.filter(document=backups, generation=collection.reindex_generation).exists()
     assert backups.pk in queued
     for pk in [*queued, *(d.pk for d in Document.objects.filter(collection=collection))]:
-        services.document_process(document_id=pk, reindex=True)
+        document_process(document_id=pk, reindex=True)
     collection.refresh_from_db()
     assert collection.embed_spec.dim == SMALL and dims(collection) == {SMALL}
     assert "thirty" in " ".join(Chunk.objects.filter(document=backups).values_list("text", flat=True))
@@ -282,7 +285,7 @@ def test_a_document_changed_during_a_reindex_is_embedded_with_the_new_model_too(
 
 def test_a_document_embedded_while_its_collection_switched_model_is_embedded_again(ops, configure, monkeypatch):
     reader, collection, _ = ops
-    drill = services.document_upload(
+    drill = document_upload(
         user=system_user(), collection=collection, file=io.BytesIO(b"# Restore drill\n\nPractise a restore."),
         source_path="drill.md", enqueue=False,
     ).document  # fmt: skip
@@ -292,11 +295,11 @@ def test_a_document_embedded_while_its_collection_switched_model_is_embedded_aga
         vectors = embed_texts(texts, **kwargs)
         if len(vectors[0]) == 384 and Collection.objects.get(pk=collection.pk).embed_spec.dim == 384:
             configure(small=True)  # the re-index finishes while this document is embedded
-            services.collection_reindex(user=system_user(), collection=collection, inline=True)
+            collection_reindex(user=system_user(), collection=collection, inline=True)
         return vectors
 
     monkeypatch.setattr(pipeline, "embed_texts", switching_midway)
-    services.document_process(document_id=drill.pk)
+    document_process(document_id=drill.pk)
 
     collection.refresh_from_db()
     assert collection.embed_spec.dim == SMALL and dims(collection, document=drill) == {SMALL}
@@ -307,7 +310,7 @@ def test_a_re_embedding_task_that_fails_marks_the_document_and_keeps_the_old_mod
     reader, collection, (backups, *_) = ops
     configure(small=True)
     settings.KB_EMBED_DIM = 100  # not the model's size: embedding raises ImproperlyConfigured
-    services.collection_reindex(user=system_user(), collection=collection)
+    collection_reindex(user=system_user(), collection=collection)
 
     with pytest.raises(Exception, match="KB_EMBED_DIM"):
         tasks.reindex_document(backups.pk)
@@ -322,13 +325,13 @@ def test_a_re_embedding_task_that_fails_marks_the_document_and_keeps_the_old_mod
 def test_deleting_during_a_reindex_removes_chunks_of_both_generations(ops, configure, queued):
     _, collection, (backups, vacation, _) = ops
     configure(small=True)
-    services.collection_reindex(user=system_user(), collection=collection)
-    services.document_process(document_id=backups.pk, reindex=True)
+    collection_reindex(user=system_user(), collection=collection)
+    document_process(document_id=backups.pk, reindex=True)
     assert {d for (d,) in Chunk.objects.filter(document=backups).values_list("embedding_dim")} == {384, SMALL}
 
-    services.document_delete(user=system_user(), document=backups)
+    document_delete(user=system_user(), document=backups)
     assert not Chunk.objects.filter(document_id=backups.pk).exists()
-    services.collection_delete(actor=None, collection=collection)
+    collection_delete(actor=system_user(), collection=collection)
     assert not Chunk.objects.filter(collection_id=collection.pk).exists()
 
 
@@ -378,7 +381,7 @@ def test_documents_of_collections_on_different_models_processed_together_each_ge
         return real(texts, embedder=embedder, **kwargs)
 
     monkeypatch.setattr(pipeline, "embed_texts", counted)
-    services.documents_process(document_ids=pages)
+    documents_process(document_ids=pages)
 
     assert set(Document.objects.values_list("status", flat=True)) == {Document.Status.READY}
     assert (dims(default), dims(small)) == ({384}, {SMALL})

@@ -2,21 +2,10 @@ import pytest
 
 from kb import answering, retrieval
 from kb.models import Chunk
+from tests.corpus import BACKUPS, VACATION
 from tests.factories import add_document, make_collection, make_user
-from tests.test_views import BACKUPS
 
 pytestmark = pytest.mark.django_db
-
-VACATION = """# Vacation policy
-
-## Requesting leave
-
-Request vacation days in the HR portal at least two weeks ahead; your manager approves them.
-
-## Carry-over
-
-Up to five unused vacation days carry over into the next year.
-"""
 
 
 @pytest.fixture

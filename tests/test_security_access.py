@@ -7,11 +7,14 @@ from django.contrib.auth.models import AnonymousUser, Group
 from django.test import Client
 from django.urls import reverse
 
-from kb import access, selectors, services
+from kb import access, selectors
+from kb.access import system_user
 from kb.models import AuditEvent, Collection, Conversation, Message, Role
+from kb.services.collections import collection_delete, collection_grant, collection_revoke, collection_update
+from kb.services.conversations import message_ask
+from tests.corpus import BACKUPS
 from tests.factories import PASSWORD, add_document, make_collection, make_group, make_user
-from tests.test_streaming import read_stream
-from tests.test_views import BACKUPS
+from tests.helpers import read_stream
 
 pytestmark = pytest.mark.django_db
 
@@ -81,15 +84,15 @@ def test_owner_renames_and_deletes_a_collection(client, ops):
 
 def test_services_refuse_an_actor_who_cannot_manage(ops):
     with pytest.raises(PermissionError):
-        services.collection_grant(actor=ops["viewer"], collection=ops["collection"], user=ops["stranger"],
+        collection_grant(actor=ops["viewer"], collection=ops["collection"], user=ops["stranger"],
                                   role=Role.OWNER)  # fmt: skip
     with pytest.raises(PermissionError):
-        services.collection_delete(actor=ops["viewer"], collection=ops["collection"])
+        collection_delete(actor=ops["viewer"], collection=ops["collection"])
 
 
 def test_uploads_and_deletions_are_audited(client, ops):
     editor = make_user("ed")
-    services.collection_grant(collection=ops["collection"], user=editor, role=Role.EDITOR)
+    collection_grant(actor=system_user(), collection=ops["collection"], user=editor, role=Role.EDITOR)
     document = add_document(ops["collection"], "new.md", "# New\n\nText.\n", user=editor)
     client.force_login(editor)
     client.post(reverse("document_delete", args=[document.pk]))
@@ -108,7 +111,7 @@ def test_audit_log_page_is_for_staff(client, ops):
 def test_saving_a_collection_unchanged_records_no_audit_event(ops):
     collection = ops["collection"]
     before = AuditEvent.objects.count()
-    services.collection_update(actor=ops["owner"], collection=collection, name=collection.name,
+    collection_update(actor=ops["owner"], collection=collection, name=collection.name,
                                description="", open_to_all=collection.open_to_all)  # fmt: skip
     assert AuditEvent.objects.count() == before
 
@@ -117,15 +120,15 @@ def test_saving_a_collection_unchanged_records_no_audit_event(ops):
 
 
 def test_open_collection_is_read_by_every_signed_in_user_but_edited_only_by_grants(client, ops):
-    services.collection_update(actor=ops["owner"], collection=ops["collection"], name="ops", open_to_all=True)
+    collection_update(actor=ops["owner"], collection=ops["collection"], name="ops", open_to_all=True)
     assert access.role_for(ops["stranger"], ops["collection"]) == Role.VIEWER
     assert not access.can_edit(ops["stranger"], ops["collection"])
     assert access.role_for(AnonymousUser(), ops["collection"]) is None
     client.force_login(ops["stranger"])
     assert client.get(reverse("document_detail", args=[ops["document"].pk])).status_code == 200
-    message, _ = services.message_ask(user=ops["stranger"], question="backup?", collections=[ops["collection"]])
+    message, _ = message_ask(user=ops["stranger"], question="backup?", collections=[ops["collection"]])
     assert message.sources
-    services.collection_update(actor=ops["owner"], collection=ops["collection"], name="ops", open_to_all=False)
+    collection_update(actor=ops["owner"], collection=ops["collection"], name="ops", open_to_all=False)
     assert client.get(reverse("document_detail", args=[ops["document"].pk])).status_code == 404
 
 
@@ -133,10 +136,10 @@ def test_open_collection_is_read_by_every_signed_in_user_but_edited_only_by_gran
 
 
 def test_conversations_of_one_user_are_invisible_to_another(client, ops):
-    message, _ = services.message_ask(user=ops["viewer"], question="backup?", collections=[ops["collection"]])
+    message, _ = message_ask(user=ops["viewer"], question="backup?", collections=[ops["collection"]])
     conversation = message.conversation
     other = make_user("colleague")
-    services.collection_grant(collection=ops["collection"], user=other, role=Role.OWNER)
+    collection_grant(actor=system_user(), collection=ops["collection"], user=other, role=Role.OWNER)
     assert list(selectors.conversation_list(user=other)) == []
     client.force_login(other)
     for url in (conversation.get_absolute_url(), reverse("message_stream", args=[message.pk])):
@@ -154,7 +157,7 @@ def test_revoking_a_grant_takes_effect_in_an_open_conversation(client, ops):
     cited = reverse("chunk_detail", args=[first.sources[0]["chunk_id"]])
     assert cited in client.get(conversation.get_absolute_url()).content.decode()
 
-    services.collection_revoke(collection=ops["collection"], user=ops["viewer"], actor=ops["owner"])
+    collection_revoke(collection=ops["collection"], user=ops["viewer"], actor=ops["owner"])
 
     page = client.get(conversation.get_absolute_url()).content.decode()
     assert cited not in page and "02:00" not in page
@@ -170,7 +173,7 @@ def test_revoking_a_grant_takes_effect_in_an_open_conversation(client, ops):
 
 def test_removing_a_user_from_a_granted_group_takes_effect_at_once(ops):
     group = make_group("readers", member := make_user("m"))
-    services.collection_grant(collection=ops["collection"], group=group, role=Role.VIEWER)
+    collection_grant(actor=system_user(), collection=ops["collection"], group=group, role=Role.VIEWER)
     assert access.can_read(member, ops["collection"])
     member.groups.remove(group)
     assert not access.can_read(member, ops["collection"])

@@ -7,12 +7,11 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
-from kb import services
 from kb.models import ApiToken
+from kb.services.collections import collection_create
+from tests.corpus import BACKUPS, HOSTILE
 from tests.factories import add_document
-from tests.test_e2e import PASSWORD, sign_in
-from tests.test_security_content import HOSTILE
-from tests.test_views import BACKUPS
+from tests.helpers import PASSWORD, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -20,8 +19,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 def test_grant_in_the_browser_then_the_grantee_asks_and_sees_only_that_collection(page, web_server, model_server):
     admin = User.objects.create_superuser("admin", password=PASSWORD)
     User.objects.create_user("reader", password=PASSWORD)
-    handbook = services.collection_create(user=admin, name="Handbook")
-    finance = services.collection_create(user=admin, name="Finance")
+    handbook = collection_create(user=admin, name="Handbook")
+    finance = collection_create(user=admin, name="Finance")
     add_document(handbook, "backups.md", BACKUPS)
     add_document(handbook, "release.md", HOSTILE)
     add_document(finance, "budget.md", "# Budget\n\nThe database backup budget is 40,000 euros, kept secret.\n")

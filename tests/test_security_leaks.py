@@ -16,9 +16,10 @@ from django.http import Http404
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kb import retrieval, selectors, services
+from kb import retrieval, selectors
 from kb.answering import render_answer
 from kb.models import Chunk, Collection, CollectionGrant, Role
+from kb.services.conversations import message_ask
 from tests.factories import add_document, make_group, make_user
 
 pytestmark = pytest.mark.django_db
@@ -118,7 +119,7 @@ def test_nothing_unreadable_reaches_retrieval_sources_or_messages(corpus, w):
         if readable:
             assert hits, "a reader of some collection should retrieve something"
 
-        message, _ = services.message_ask(user=asker, question=w["question"], collections=asked)
+        message, _ = message_ask(user=asker, question=w["question"], collections=asked)
         allowed = readable & {c.pk for c in asked}
         stored = {s["collection_id"] for s in message.sources}
         assert stored <= allowed

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PRODUCTION = {
     "DATABASE_URL": "postgres://kb:secret@db.invalid:5432/kb",

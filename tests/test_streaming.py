@@ -5,36 +5,15 @@ from asgiref.sync import async_to_sync
 from django.test import AsyncClient
 from django.urls import reverse
 
-from kb import services
+from kb.access import system_user
 from kb.models import Message
-from tests.conftest import free_port
+from kb.services.collections import collection_revoke
+from kb.services.conversations import message_ask
+from tests.corpus import BACKUPS
 from tests.factories import add_document, make_collection, make_user
-from tests.test_views import BACKUPS
+from tests.helpers import free_port, read_stream
 
 pytestmark = pytest.mark.django_db
-
-
-def read_stream(user, message) -> list[tuple[str, str]]:
-    """All (event, data) pairs the stream sends for a message."""
-
-    async def run():
-        client = AsyncClient()
-        await client.aforce_login(user)
-        response = await client.get(reverse("message_stream", args=[message.pk]))
-        assert response.status_code == 200
-        assert response["Content-Type"] == "text/event-stream"
-        body = b"".join([part async for part in response.streaming_content]).decode()
-        return body
-
-    events = []
-    for block in async_to_sync(run)().split("\n\n"):
-        if not block.strip():
-            continue
-        lines = block.split("\n")
-        event = lines[0].removeprefix("event: ")
-        data = "\n".join(line.removeprefix("data: ") for line in lines[1:] if line.startswith("data: "))
-        events.append((event, data))
-    return events
 
 
 @pytest.fixture
@@ -49,7 +28,7 @@ def asked():
     user = make_user()
     collection = make_collection(viewer=[user])
     add_document(collection, "backups.md", BACKUPS)
-    message, _ = services.message_ask(user=user, question="When does the backup run?", collections=[collection])
+    message, _ = message_ask(user=user, question="When does the backup run?", collections=[collection])
     return user, message
 
 
@@ -78,7 +57,7 @@ def test_model_server_down_gives_an_actionable_error(unreachable_model_server, a
 def test_no_readable_source_answers_without_calling_the_model(unreachable_model_server):
     user = make_user()
     empty = make_collection(viewer=[user])
-    message, _ = services.message_ask(user=user, question="Anything?", collections=[empty])
+    message, _ = message_ask(user=user, question="Anything?", collections=[empty])
     assert message.status == Message.Status.NO_ANSWER
     events = read_stream(user, message)
     assert [e for e, _ in events] == ["done"]
@@ -96,7 +75,7 @@ def test_a_second_stream_of_the_same_message_does_not_generate_again(unreachable
 def test_sources_of_a_revoked_collection_are_not_sent_to_the_model(unreachable_model_server, asked):
     user, message = asked
     collection_id = message.sources[0]["collection_id"]
-    services.collection_revoke(collection=message.conversation.collections.get(pk=collection_id), user=user)
+    collection_revoke(actor=system_user(), collection=message.conversation.collections.get(pk=collection_id), user=user)
     events = read_stream(user, message)
     message.refresh_from_db()
     assert message.status == Message.Status.NO_ANSWER

@@ -15,8 +15,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from kb import services
+from kb.access import system_user
 from kb.models import Conversation, Message, Role, UploadBatch
+from kb.services.collections import collection_grant
+from kb.services.tokens import api_token_create
 from tests.factories import add_document, make_collection, make_group, make_user
 
 pytestmark = pytest.mark.django_db
@@ -111,15 +113,15 @@ def world():
     users["staff"].save()
     group = make_group("readers", users["group_viewer"])
     collection = make_collection("ops", owner=users["owner"], viewer=[users["viewer"]], editor=[users["editor"]])
-    services.collection_grant(collection=collection, group=group, role=Role.VIEWER)
+    collection_grant(actor=system_user(), collection=collection, group=group, role=Role.VIEWER)
     document = add_document(collection, "backups.md", BACKUPS)
     conversation = Conversation.objects.create(user=users["viewer"], title="backups")
     conversation.collections.set([collection])
     message = Message.objects.create(
         conversation=conversation, question="When?", answer="At 02:00.", status=Message.Status.COMPLETE
     )
-    token, _ = services.api_token_create(user=users["viewer"], name="matrix")
-    raw_tokens = {role: services.api_token_create(user=u, name="t")[1] for role, u in users.items()}
+    token, _ = api_token_create(user=users["viewer"], name="matrix")
+    raw_tokens = {role: api_token_create(user=u, name="t")[1] for role, u in users.items()}
     objects = {
         "collection": collection, "document": document, "chunk": document.chunks.first(),
         "conversation": conversation, "message": message, "token": token,

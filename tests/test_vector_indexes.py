@@ -15,8 +15,8 @@ import pytest
 from django.db import OperationalError, connection, transaction
 
 from kb import vector_indexes
+from tests.corpus import BACKUPS
 from tests.factories import add_document, make_collection
-from tests.test_views import BACKUPS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

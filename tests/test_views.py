@@ -2,20 +2,10 @@ import pytest
 from django.urls import reverse
 
 from kb.models import Conversation, Message
+from tests.corpus import BACKUPS
 from tests.factories import add_document, make_collection, make_user
 
 pytestmark = pytest.mark.django_db
-
-BACKUPS = """# Backups
-
-## Schedule
-
-The database backup runs nightly at 02:00 and keeps fourteen copies.
-
-## Restore
-
-To restore, stop the application, then run the restore script with the date of the copy.
-"""
 
 
 @pytest.fixture

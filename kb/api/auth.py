@@ -14,7 +14,8 @@ from asgiref.sync import sync_to_async
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from kb import selectors, services
+from kb import selectors
+from kb.services.tokens import api_token_touch
 
 
 def _bearer(request: HttpRequest) -> str:
@@ -30,7 +31,7 @@ def authenticate(request: HttpRequest):
     token = selectors.api_token_user(raw=raw)
     if token is None:
         return None
-    services.api_token_touch(token=token)
+    api_token_touch(token=token)
     return token.user
 
 

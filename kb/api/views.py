@@ -15,9 +15,12 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET, require_POST
 
-from kb import access, selectors, services
+from kb import access, selectors
 from kb.api.auth import token_required
 from kb.models import Message, Role
+from kb.services.conversations import message_answer, message_answer_start, message_ask
+from kb.services.documents import document_upload
+from kb.sse import sse_event
 
 
 def _error(message: str, status: int = 400) -> JsonResponse:
@@ -93,7 +96,7 @@ def documents_upload(request: HttpRequest, pk: int) -> JsonResponse:
     results = []
     for upload in files:
         try:
-            outcome = services.document_upload(
+            outcome = document_upload(
                 user=request.user, collection=collection, file=upload, source_path=upload.name
             )
         except ValidationError as exc:
@@ -137,14 +140,10 @@ def _start(user, parsed: dict) -> Message:
         collections = list(selectors.conversation_collections(user=user, conversation=conversation))
     else:
         collections = [selectors.collection_get(user=user, pk=pk) for pk in parsed["ids"]]
-    message, _ = services.message_ask(
+    message, _ = message_ask(
         user=user, question=parsed["question"], collections=collections, conversation=conversation
     )
     return message
-
-
-def _sse(event: str, data: str) -> str:
-    return f"event: {event}\n" + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n"
 
 
 @token_required
@@ -160,10 +159,10 @@ async def ask(request: HttpRequest) -> HttpResponse:
         return _error(" ".join(exc.messages))
     except Http404 as exc:
         return _error(str(exc) or "Not found.", status=404)
-    sources, history, claimed = await sync_to_async(services.message_answer_start)(user=user, message=message)
+    sources, history, claimed = await sync_to_async(message_answer_start)(user=user, message=message)
 
     def answer():
-        return aclosing(services.message_answer(message=message, sources=sources, history=history))
+        return aclosing(message_answer(message=message, sources=sources, history=history))
 
     if not parsed["stream"]:
         if claimed:
@@ -177,8 +176,8 @@ async def ask(request: HttpRequest) -> HttpResponse:
         if claimed:
             async with answer() as pieces:
                 async for piece in pieces:
-                    yield _sse("token", json.dumps(piece))
-        yield _sse("done", json.dumps(await sync_to_async(_message_json)(user, message)))
+                    yield sse_event("token", json.dumps(piece))
+        yield sse_event("done", json.dumps(await sync_to_async(_message_json)(user, message)))
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

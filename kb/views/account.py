@@ -10,8 +10,10 @@ from django.template.response import TemplateResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from kb import selectors, services
+from kb import selectors
 from kb.forms import TokenForm
+from kb.services import tokens as token_services
+from kb.services.tokens import api_token_create
 
 
 def _tokens_page(request: HttpRequest, form: TokenForm, *, new_token: str = "", status: int = 200) -> HttpResponse:
@@ -32,7 +34,7 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
     form = TokenForm(request.POST)
     if form.is_valid():
         try:
-            _, raw = services.api_token_create(user=request.user, name=form.cleaned_data["name"])
+            _, raw = api_token_create(user=request.user, name=form.cleaned_data["name"])
         except ValidationError as exc:
             form.add_error("name", exc)
         else:
@@ -48,7 +50,7 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
 @login_required
 def api_token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     token = selectors.api_token_get(user=request.user, pk=pk)
-    services.api_token_revoke(user=request.user, token=token)
+    token_services.api_token_revoke(user=request.user, token=token)
     if request.htmx:
         return _tokens_page(request, TokenForm())
     return redirect("api_tokens")

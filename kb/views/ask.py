@@ -18,9 +18,12 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url, reswap, retarget
 from redis.exceptions import RedisError
 
-from kb import answer_relay, answering, selectors, services
+from kb import answer_relay, answering, selectors
 from kb.forms import AskForm, FeedbackForm
 from kb.models import Message
+from kb.services import conversations as conversation_services
+from kb.services.conversations import feedback_give, message_answer_start, message_ask
+from kb.sse import sse_event
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ def _ask(request: HttpRequest, *, collections, conversation=None) -> tuple[Messa
     if not form.is_valid():
         return None, _invalid(request, form.errors.get("question", []))
     try:
-        message, _ = services.message_ask(
+        message, _ = message_ask(
             user=request.user,
             question=form.cleaned_data["question"],
             collections=collections,
@@ -141,7 +144,7 @@ def conversation_ask(request: HttpRequest, pk: int) -> HttpResponse:
 def message_stop(request: HttpRequest, pk: int) -> HttpResponse:
     """Stop the answer being written; the stream then sends its final state itself."""
     message = selectors.message_get(user=request.user, pk=pk)
-    message = services.message_stop(message=message)
+    message = conversation_services.message_stop(user=request.user, message=message)
     if request.htmx:
         if message.status == Message.Status.INCOMPLETE and not message.answer:
             # Stopped before the stream began: nothing will send its final state, so do it here.
@@ -158,7 +161,7 @@ def message_regenerate(request: HttpRequest, pk: int) -> HttpResponse:
     """Answer a question again, from freshly retrieved sources."""
     message = selectors.message_get(user=request.user, pk=pk)
     try:
-        message = services.message_regenerate(user=request.user, message=message)
+        message = conversation_services.message_regenerate(user=request.user, message=message)
     except ValidationError as exc:
         return _invalid(request, exc.messages, target=f"#message-{message.pk} .message-error")
     answer_relay.start_early(request.user, message)
@@ -178,7 +181,7 @@ def message_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     if not form.is_valid():
         return _invalid(request, ["Choose helpful or not helpful."], target=f"#feedback-{message.pk} .error")
     try:
-        feedback = services.feedback_give(
+        feedback = feedback_give(
             user=request.user, message=message, rating=form.cleaned_data["rating"], comment=form.cleaned_data["comment"]
         )
     except ValidationError as exc:
@@ -189,19 +192,12 @@ def message_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(message.conversation.get_absolute_url())
 
 
-def _sse(event: str, data: str, entry: str | None = None) -> str:
-    lines = data.split("\n")
-    return (
-        f"event: {event}\n" + (f"id: {entry}\n" if entry else "") + "".join(f"data: {line}\n" for line in lines) + "\n"
-    )
-
-
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def _stream_start(user, pk: int):
     message = selectors.message_get(user=user, pk=pk)
-    return message, *services.message_answer_start(user=user, message=message)
+    return message, *message_answer_start(user=user, message=message)
 
 
 async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
@@ -224,7 +220,7 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
         await message.arefresh_from_db()
         context = await sync_to_async(_message_context)(user, message)
         html = await sync_to_async(render_to_string)("kb/conversation_detail.html#message", {"item": context})
-        return _sse("done", html)
+        return sse_event("done", html)
 
     async def events():
         if claimed:
@@ -237,7 +233,7 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
             try:
                 async with aclosing(pieces):
                     async for entry, piece in pieces:
-                        yield _sse("token", escape(piece), entry)
+                        yield sse_event("token", escape(piece), entry)
             except RedisError as exc:
                 # Following needs the relay; the final state below still tells where the answer is.
                 logger.warning("message %s: cannot follow its answer: %s", message.pk, exc)

@@ -10,9 +10,11 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET, require_POST
 
-from kb import access, selectors, services
+from kb import access, selectors
 from kb.forms import CollectionSettingsForm, GrantForm
 from kb.models import Role
+from kb.services import collections as collection_services
+from kb.services.collections import collection_grant, collection_revoke, collection_update
 
 
 def _access_context(request: HttpRequest, collection, *, settings_form=None, grant_form=None) -> dict:
@@ -53,7 +55,7 @@ def collection_settings(request: HttpRequest, pk: int) -> HttpResponse:
     form = CollectionSettingsForm(request.POST)
     if form.is_valid():
         try:
-            services.collection_update(actor=request.user, collection=collection, **form.cleaned_data)
+            collection_update(actor=request.user, collection=collection, **form.cleaned_data)
         except ValidationError as exc:
             form.add_error("name", exc)
         else:
@@ -68,7 +70,7 @@ def collection_settings(request: HttpRequest, pk: int) -> HttpResponse:
 def collection_delete(request: HttpRequest, pk: int) -> HttpResponse:
     collection = selectors.collection_get(user=request.user, pk=pk, minimum=Role.OWNER)
     name = collection.name
-    services.collection_delete(actor=request.user, collection=collection)
+    collection_services.collection_delete(actor=request.user, collection=collection)
     messages.info(request, f"Deleted the collection {name}.")
     return redirect("home")
 
@@ -80,7 +82,7 @@ def grant_add(request: HttpRequest, pk: int) -> HttpResponse:
     form = GrantForm(request.POST)
     if not form.is_valid():
         return _access_page(request, collection, status=422 if request.htmx else 400, grant_form=form)
-    services.collection_grant(
+    collection_grant(
         actor=request.user, collection=collection, role=form.cleaned_data["role"],
         user=form.cleaned_data.get("user"), group=form.cleaned_data.get("group"),
     )  # fmt: skip
@@ -94,7 +96,7 @@ def grant_add(request: HttpRequest, pk: int) -> HttpResponse:
 def grant_remove(request: HttpRequest, pk: int, grant_pk: int) -> HttpResponse:
     collection = selectors.collection_get(user=request.user, pk=pk, minimum=Role.OWNER)
     grant = selectors.grant_get(user=request.user, collection=collection, pk=grant_pk)
-    services.collection_revoke(actor=request.user, collection=collection, user=grant.user, group=grant.group)
+    collection_revoke(actor=request.user, collection=collection, user=grant.user, group=grant.group)
     if request.htmx:
         return _access_page(request, collection)
     return redirect("collection_access", pk=collection.pk)

@@ -13,10 +13,12 @@ from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
-from kb import access, selectors, services
+from kb import access, selectors
 from kb.answering import citation_url
 from kb.forms import AskForm, CollectionForm, UploadForm
 from kb.models import Role
+from kb.services import collections as collection_services
+from kb.services import documents as document_services
 
 
 def _home(request: HttpRequest, form: CollectionForm, *, status: int = 200) -> TemplateResponse:
@@ -44,7 +46,7 @@ def collection_create(request: HttpRequest) -> HttpResponse:
     form = CollectionForm(request.POST)
     if form.is_valid():
         try:
-            collection = services.collection_create(user=request.user, **form.cleaned_data)
+            collection = collection_services.collection_create(user=request.user, **form.cleaned_data)
         except ValidationError as exc:
             form.add_error("name", exc)
         else:
@@ -53,11 +55,7 @@ def collection_create(request: HttpRequest) -> HttpResponse:
 
 
 def _batches_context(request: HttpRequest, collection) -> dict:
-    batches = []
-    for batch in selectors.batch_recent(user=request.user, collection=collection):
-        batch.progress = selectors.batch_progress(batch=batch)
-        batch.unfinished = [d for d in selectors.batch_documents(batch=batch, limit=50) if not d.is_finished]
-        batches.append(batch)
+    batches = selectors.batch_overview(user=request.user, collection=collection)
     return {
         "collection": collection,
         "batches": batches,
@@ -87,8 +85,6 @@ def _collection_context(request: HttpRequest, collection) -> dict:
 def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
     collection = selectors.collection_get(user=request.user, pk=pk)
     if request.htmx and request.GET.get("part") == "batches":
-        # Checked on read: whoever watches progress also unsticks a job whose worker died.
-        services.documents_recover_stale(collection_ids=[collection.pk])
         # When nothing runs, the partial comes back without its polling trigger, so polling
         # stops and the final counts stay on screen (a 286 would leave the last poll's).
         return TemplateResponse(request, "kb/collection_detail.html#batches", _batches_context(request, collection))
@@ -104,8 +100,10 @@ def document_upload(request: HttpRequest, pk: int) -> HttpResponse:
     collection = selectors.collection_get(user=request.user, pk=pk, minimum=Role.EDITOR)
     form = UploadForm(request.POST, request.FILES)
     if form.is_valid():
-        summary = services.batch_upload(user=request.user, collection=collection, files=form.cleaned_data["files"])
-        for error in summary["errors"]:
+        summary = document_services.batch_upload(
+            user=request.user, collection=collection, files=form.cleaned_data["files"]
+        )
+        for error in summary.errors:
             messages.error(request, f"{error['source']}: {error['reason']}")
     else:
         for error in (e for field in form.errors.values() for e in field):
@@ -120,7 +118,7 @@ def document_upload(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def batch_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     batch = selectors.batch_get(user=request.user, pk=pk, minimum=Role.EDITOR)
-    count = services.batch_cancel(user=request.user, batch=batch)
+    count = document_services.batch_cancel(user=request.user, batch=batch)
     messages.info(request, f"Cancelled {count} document(s) of {batch}.")
     if request.htmx:
         response = TemplateResponse(
@@ -183,7 +181,7 @@ def document_delete(request: HttpRequest, pk: int) -> HttpResponse:
     document = selectors.document_get(user=request.user, pk=pk)
     collection = document.collection
     try:
-        services.document_delete(user=request.user, document=document)
+        document_services.document_delete(user=request.user, document=document)
     except PermissionError:
         raise Http404 from None
     messages.info(request, f"Deleted {document.source_path}.")

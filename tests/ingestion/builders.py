@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 
@@ -85,3 +86,12 @@ def write_docx(path: Path, build) -> Path:
     build(document)
     document.save(str(path))
     return path
+
+
+def make_zip(files: dict[str, bytes | str], *, compression=zipfile.ZIP_DEFLATED) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data.encode() if isinstance(data, str) else data)
+    buffer.seek(0)
+    return buffer

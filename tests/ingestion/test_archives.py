@@ -10,10 +10,12 @@ import zipfile
 import pytest
 from django.core.exceptions import ValidationError
 
-from kb import services
+from ingestion.processing import document_process
 from kb.access import system_user
 from kb.models import Chunk, Document, UploadBatch
+from kb.services.documents import archive_upload, batch_add_file, batch_create, document_upload
 from tests.factories import make_collection
+from tests.ingestion.builders import make_zip, write_docx
 
 pytestmark = pytest.mark.django_db
 
@@ -29,15 +31,6 @@ or [the vendor](https://example.com/docs).
 """
 RESTORE = "# Restore\n\nCopy the snapshot back and restart the service.\n"
 INDEX = "<html><body><main><h1>Team wiki</h1><p>Start at <a href='ops/backups.md'>backups</a>.</p></main></body></html>"
-
-
-def make_zip(files: dict[str, bytes | str], *, compression=zipfile.ZIP_DEFLATED) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data.encode() if isinstance(data, str) else data)
-    buffer.seek(0)
-    return buffer
 
 
 def mark_encrypted(buffer: io.BytesIO, member: str) -> io.BytesIO:
@@ -58,12 +51,12 @@ def mark_encrypted(buffer: io.BytesIO, member: str) -> io.BytesIO:
 
 
 def sync(collection, files, *, name="wiki.zip", process=True) -> dict:
-    batch = services.batch_create(user=system_user(), collection=collection, label=name)
+    batch = batch_create(user=system_user(), collection=collection, label=name)
     archive = files if isinstance(files, io.BytesIO) else make_zip(files)
-    summary = services.batch_add_file(user=system_user(), batch=batch, file=archive, name=name, enqueue=False)
+    summary = batch_add_file(user=system_user(), batch=batch, file=archive, name=name, enqueue=False)
     if process:
         for document in Document.objects.filter(batch=batch, status=Document.Status.QUEUED):
-            services.document_process(document_id=document.pk)
+            document_process(document_id=document.pk)
     return summary
 
 
@@ -74,7 +67,7 @@ def test_each_page_becomes_a_document_named_by_its_path_inside_the_archive():
     collection = make_collection()
     summary = sync(collection, WIKI)
 
-    assert (summary["created"], summary["ignored"], summary["errors"]) == (3, 1, [])
+    assert (summary.created, summary.ignored, summary.errors) == (3, 1, [])
     documents = {d.source_path: d for d in Document.objects.filter(collection=collection)}
     assert set(documents) == {"index.html", "ops/backups.md", "ops/restore.md"}
     assert all(d.status == Document.Status.READY and d.source_archive == "wiki.zip" for d in documents.values())
@@ -104,13 +97,13 @@ def test_uploading_the_archive_again_adds_new_replaces_changed_and_removes_vanis
     }  # ops/backups.md vanished
     summary = sync(collection, changed)
 
-    assert {k: summary[k] for k in ("created", "updated", "unchanged", "removed")} == {
+    assert {k: getattr(summary, k) for k in ("created", "updated", "unchanged", "removed")} == {
         "created": 1,
         "updated": 1,
         "unchanged": 1,
         "removed": 1,
     }
-    assert summary["removed_paths"] == ["ops/backups.md"]
+    assert summary.removed_paths == ["ops/backups.md"]
     after = {d.source_path: d for d in Document.objects.filter(collection=collection)}
     assert set(after) == {"index.html", "ops/restore.md", "ops/monitoring.md"}
     assert after["index.html"].pk == before["index.html"].pk
@@ -123,7 +116,7 @@ def test_uploading_the_archive_again_adds_new_replaces_changed_and_removes_vanis
 
 def test_a_sync_leaves_pages_of_other_uploads_alone():
     collection = make_collection()
-    services.document_upload(
+    document_upload(
         user=system_user(),
         collection=collection,
         file=io.BytesIO(b"# Loose\n\nA single file."),
@@ -148,7 +141,7 @@ def test_members_with_absolute_or_climbing_paths_are_refused_and_the_rest_goes_i
     )
     summary = sync(collection, archive)
 
-    refused = {e["source"]: e["reason"] for e in summary["errors"]}
+    refused = {e["source"]: e["reason"] for e in summary.errors}
     assert set(refused) == {"../../etc/cron.d/evil.md", "/abs/root.md"}
     assert all("climbs out of the archive" in reason for reason in refused.values())
     assert list(Document.objects.filter(collection=collection).values_list("source_path", flat=True)) == ["ok/page.md"]
@@ -161,7 +154,7 @@ def test_an_encrypted_member_is_refused_with_a_reason_and_the_rest_goes_in():
     )
     summary = sync(collection, archive)
 
-    assert summary["errors"] == [
+    assert summary.errors == [
         {"source": "secret.md", "reason": "Refused: the file is encrypted inside the archive."}
     ]
     assert list(Document.objects.filter(collection=collection).values_list("source_path", flat=True)) == ["open.md"]
@@ -173,9 +166,9 @@ def test_a_zip_bomb_is_refused_whole_before_anything_is_unpacked(settings):
 
     summary = sync(collection, bomb)
 
-    assert summary["refused"] == 1 and not Document.objects.filter(collection=collection).exists()
-    assert "decompression bomb: huge.md expands" in summary["errors"][0]["reason"]
-    assert "KB_ARCHIVE_MAX_RATIO" in summary["errors"][0]["reason"]
+    assert summary.refused == 1 and not Document.objects.filter(collection=collection).exists()
+    assert "decompression bomb: huge.md expands" in summary.errors[0]["reason"]
+    assert "KB_ARCHIVE_MAX_RATIO" in summary.errors[0]["reason"]
 
 
 @pytest.mark.parametrize(
@@ -192,7 +185,7 @@ def test_archive_limits_are_configurable_and_refuse_the_archive_with_a_reason(se
 
     summary = sync(collection, pages, process=False)
 
-    assert summary["refused"] == 1 and reason in summary["errors"][0]["reason"]
+    assert summary.refused == 1 and reason in summary.errors[0]["reason"]
     assert not Document.objects.filter(collection=collection).exists()
 
 
@@ -201,8 +194,8 @@ def test_an_oversize_member_is_refused_by_kb_max_upload_mb(settings):
     collection = make_collection()
     summary = sync(collection, {"big.txt": os.urandom(600 * 1024).hex(), "small.md": "# Small\n\nFits."}, process=False)
 
-    assert [e["source"] for e in summary["errors"]] == ["big.txt"]
-    assert "limit is 1 MB (KB_MAX_UPLOAD_MB)" in summary["errors"][0]["reason"]
+    assert [e["source"] for e in summary.errors] == ["big.txt"]
+    assert "limit is 1 MB (KB_MAX_UPLOAD_MB)" in summary.errors[0]["reason"]
     assert list(Document.objects.filter(collection=collection).values_list("source_path", flat=True)) == ["small.md"]
 
 
@@ -218,16 +211,14 @@ def test_a_damaged_archive_fails_as_a_document_with_a_reason():
 
 
 def test_a_docx_that_is_a_decompression_bomb_fails_with_a_reason(tmp_path):
-    from tests.ingestion.builders import write_docx
-
     path = write_docx(tmp_path / "bomb.docx", lambda d: d.add_paragraph("Innocent."))
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("word/media/padding.bin", b"\0" * (30 << 20))
     collection = make_collection()
-    outcome = services.document_upload(
+    outcome = document_upload(
         user=system_user(), collection=collection, file=path.open("rb"), source_path="bomb.docx", enqueue=False
     )
-    services.document_process(document_id=outcome.document.pk)
+    document_process(document_id=outcome.document.pk)
 
     outcome.document.refresh_from_db()
     assert outcome.document.status == Document.Status.FAILED
@@ -258,6 +249,6 @@ def test_kb_ingest_takes_archives_and_reports_the_sync(tmp_path):
 def test_an_archive_named_with_a_climbing_path_is_refused():
     collection = make_collection()
     with pytest.raises(ValidationError):
-        services.archive_upload(
+        archive_upload(
             user=system_user(), collection=collection, file=make_zip({"a.md": "# A"}), name="../wiki.zip", enqueue=False
         )

@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from ingestion import embeddings, onnx_model
 from ingestion.embeddings import LocalEmbedder, TEIEmbedder, count_tokens, get_embedder, model_location
 from ingestion.errors import EmbedderUnavailable
+from tests.corpus import BACKUPS
 
 
 def test_default_model_reads_256_word_pieces(embedder):
@@ -232,7 +233,6 @@ def test_an_unknown_backend_is_refused():
 def test_documents_and_questions_go_through_the_configured_backend_end_to_end(settings, onnx_cache, monkeypatch):
     from kb import retrieval
     from tests.factories import add_document, make_collection, make_user
-    from tests.test_views import BACKUPS
 
     settings.KB_EMBED_BACKEND = "onnx-int8"
     settings.KB_EMBED_CACHE = onnx_cache

@@ -8,17 +8,14 @@ import time
 import psutil
 import pytest
 
-from kb import services
 from kb.access import system_user
 from kb.models import Chunk, Document
+from kb.services.documents import batch_cancel, batch_upload, document_upload
+from tests.corpus import long_document
 from tests.factories import make_collection
+from tests.ingestion.builders import make_zip, pdf_bytes, write_docx, write_pdf
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def long_document(sections: int = 60) -> str:
-    body = " ".join(f"Replica {i} keeps a nightly snapshot of the archive volume." for i in range(25))
-    return "\n\n".join(f"# Runbook\n\n## Step {s}\n\n{body}" for s in range(sections))
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -32,7 +29,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def test_a_pool_process_killed_mid_task_is_redelivered_and_the_document_completes(celery_worker_process):
     collection = make_collection()
-    outcome = services.document_upload(
+    outcome = document_upload(
         user=system_user(), collection=collection, file=io.BytesIO(long_document().encode()), source_path="runbook.md"
     )
     document = outcome.document
@@ -60,9 +57,6 @@ def test_a_batch_of_bad_files_fails_each_with_a_reason_while_the_rest_goes_in_an
     """Every bad-input case of the issue, in one browser-style batch, through the real worker."""
     import zipfile
 
-    from tests.ingestion.builders import pdf_bytes, write_docx, write_pdf
-    from tests.ingestion.test_archives import make_zip
-
     settings.KB_MAX_UPLOAD_MB = 1
     encrypted = write_pdf(tmp_path / "secret.pdf", ["Hidden."], user_password="pw", owner_password="o").read_bytes()
     bomb_docx = write_docx(tmp_path / "bomb.docx", lambda d: d.add_paragraph("Innocent."))
@@ -87,10 +81,10 @@ def test_a_batch_of_bad_files_fails_each_with_a_reason_while_the_rest_goes_in_an
     collection = make_collection()
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    summary = services.batch_upload(
+    summary = batch_upload(
         user=system_user(), collection=collection, files=[SimpleUploadedFile(n, d) for n, d in files.items()]
     )
-    refused = {e["source"]: e["reason"] for e in summary["errors"]}
+    refused = {e["source"]: e["reason"] for e in summary.errors}
     assert refused["empty.md"] == "empty.md is empty."
     assert "limit is 1 MB" in refused["huge.txt"]
     assert "decompression bomb" in refused["bomb.zip"]
@@ -118,7 +112,7 @@ def test_cancelling_a_running_batch_stops_the_worker_mid_document(celery_worker_
     collection = make_collection()
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    services.batch_upload(
+    batch_upload(
         user=system_user(),
         collection=collection,
         files=[
@@ -133,14 +127,14 @@ def test_cancelling_a_running_batch_stops_the_worker_mid_document(celery_worker_
         120,
         "embedding to start",
     )
-    assert services.batch_cancel(user=system_user(), batch=batch) == 2
+    assert batch_cancel(user=system_user(), batch=batch) == 2
 
     time.sleep(3)  # give the worker time to reach its next progress mark
     for document in Document.objects.filter(batch=batch):
         assert document.status == Document.Status.CANCELLED and "Cancelled by" in document.error
         assert not Chunk.objects.filter(document=document).exists()
     # The worker is free again: the next upload goes through.
-    outcome = services.document_upload(
+    outcome = document_upload(
         user=system_user(),
         collection=collection,
         file=io.BytesIO(b"# Next\n\nAfter the cancel."),

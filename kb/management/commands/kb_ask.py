@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import aclosing
 
-from django.conf import settings
+from asgiref.sync import async_to_sync, sync_to_async
 from django.core.management.base import BaseCommand
 
 from kb import answering
-from kb.llm import ModelServerError
 from kb.management.cli import actor_and_collections
+from kb.models import Message
+from kb.services.conversations import message_answer, message_answer_start, message_ask
 
 
 class Command(BaseCommand):
@@ -34,27 +36,33 @@ class Command(BaseCommand):
 
     def _ask(self, actor, question: str, collections, *, top_k, generate: bool, as_json: bool) -> None:
         started = time.perf_counter()
-        sources, _ = answering.retrieve_sources(user=actor, question=question, collections=collections, top_k=top_k)
-        retrieve_ms = (time.perf_counter() - started) * 1000
         answer, first_token_ms, error = None, None, None
-        if generate:
-            prompt_sources = answering.fit_to_budget(sources, settings.KB_CONTEXT_TOKENS)
-            if not prompt_sources:
-                answer = "I found nothing in these collections that answers this question."
-            else:
-                sources = prompt_sources
-                pieces: list[str] = []
-                try:
-                    for piece in answering.stream_answer(question, sources):
-                        if first_token_ms is None:
-                            first_token_ms = (time.perf_counter() - started) * 1000
-                        pieces.append(piece)
-                        if not as_json:
-                            self.stdout.write(piece, ending="")
-                            self.stdout.flush()
-                except ModelServerError as exc:
-                    error = str(exc)
-                answer = "".join(pieces)
+        if not generate:
+            # Retrieval alone records nothing: no conversation, no message.
+            sources, _ = answering.retrieve_sources(user=actor, question=question, collections=collections, top_k=top_k)
+            retrieve_ms = (time.perf_counter() - started) * 1000
+        else:
+            # The views' path: the question is recorded in a conversation of the actor's, and
+            # refused, answered and stored by the same services.
+            message, _ = message_ask(user=actor, question=question, collections=collections, top_k=top_k)
+            retrieve_ms = (time.perf_counter() - started) * 1000
+            sources = message.sources
+
+            def show(piece: str) -> None:
+                nonlocal first_token_ms
+                if first_token_ms is None:
+                    first_token_ms = (time.perf_counter() - started) * 1000
+                if not as_json:
+                    self.stdout.write(piece, ending="")
+                    self.stdout.flush()
+
+            # async_to_sync: the services' database calls run back on this thread, in its
+            # connection (and a test's transaction).
+            async_to_sync(_answer)(actor, message, show)
+            message.refresh_from_db()
+            answer = message.answer
+            if message.status in (Message.Status.FAILED, Message.Status.INCOMPLETE):
+                error = message.error
         total_ms = (time.perf_counter() - started) * 1000
         if as_json:
             record = {
@@ -83,7 +91,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(record, ensure_ascii=False))
             self.stdout.flush()
             return
-        if generate and answer is not None and not first_token_ms:
+        if generate and answer is not None and first_token_ms is None:
             self.stdout.write(answer, ending="")
         if error:
             self.stderr.write(f"\n{error}")
@@ -92,3 +100,13 @@ class Command(BaseCommand):
             where = " > ".join(x for x in [s["source"], s["heading"]] if x)
             page = f" (page {s['page']})" if s["page"] else ""
             self.stdout.write(f"  [{s['n']}] {where}{page}  score {s['score']:.4f}")
+
+
+async def _answer(actor, message: Message, show) -> None:
+    """Stream a pending message's answer through the conversation services, showing each piece."""
+    sources, history, claimed = await sync_to_async(message_answer_start)(user=actor, message=message)
+    if not claimed:
+        return
+    async with aclosing(message_answer(message=message, sources=sources, history=history)) as pieces:
+        async for piece in pieces:
+            show(piece)

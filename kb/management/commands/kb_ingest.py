@@ -10,8 +10,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from kb import access, selectors, services
+from ingestion.processing import documents_process
+from ingestion.status import documents_recover_stale
+from kb import access, selectors
 from kb.models import FINISHED, Document
+from kb.services.collections import collection_create
+from kb.services.documents import batch_add_file, batch_create
 
 
 def _walk(paths: list[str]) -> list[tuple[Path, str]]:
@@ -52,49 +56,34 @@ class Command(BaseCommand):
         if target is None:
             if not create:
                 raise CommandError(f"No collection named {collection!r}; add --create to make it.")
-            target = services.collection_create(user=operator, name=collection)
+            target = collection_create(user=operator, name=collection)
         files = _walk(paths)
         quiet = json or options["verbosity"] == 0
         label = files[0][1] if len(files) == 1 else f"kb_ingest: {len(files)} files"
-        batch = services.batch_create(user=operator, collection=target, label=label)
+        batch = batch_create(user=operator, collection=target, label=label)
         errors: list[dict] = []
         for file, source_path in tqdm(files, desc="storing", unit="file", disable=quiet):
             try:
                 with file.open("rb") as handle:
-                    services.batch_add_file(
+                    batch_add_file(
                         user=operator, batch=batch, file=handle, name=source_path, enqueue=not inline
                     )
             except OSError as exc:
                 errors.append({"source": source_path, "reason": str(exc)})
-        batch_documents = Document.objects.readable_by(operator).filter(batch=batch)
+        batch_documents = selectors.batch_document_list(user=operator, batch=batch)
         if inline:
             pending = list(batch_documents.filter(status=Document.Status.QUEUED).values_list("pk", flat=True))
             bar = tqdm(total=len(pending), desc="indexing", unit="doc", disable=quiet)
             size = max(1, settings.KB_INGEST_GROUP)  # documents embedded in one pass
             for first in range(0, len(pending), size):
                 group = pending[first : first + size]
-                services.documents_process(document_ids=group)
+                documents_process(document_ids=group)
                 bar.update(len(group))
             bar.close()
         else:
             self._wait(batch_documents, quiet=quiet, timeout=timeout)
         batch.refresh_from_db()
-        s = batch.summary
-        summary = {
-            "documents": s["created"] + s["updated"] + s["unchanged"] + s["refused"],
-            **{key: s[key] for key in ("created", "updated", "unchanged", "removed", "refused", "ignored")},
-            "failed": s["refused"] + len(errors),
-            "chunks": 0,
-            "errors": s["errors"] + errors,
-            "removed_paths": s["removed_paths"],
-            "batch": batch.pk,
-        }
-        for document in batch_documents:
-            if document.status in (Document.Status.FAILED, Document.Status.CANCELLED):
-                summary["failed"] += 1
-                summary["errors"].append({"source": document.source_path, "reason": document.error})
-            else:
-                summary["chunks"] += document.chunk_count
+        summary = selectors.batch_report(user=operator, batch=batch, extra_errors=errors)
         if json:
             self.stdout.write(_json_dumps(summary))
         else:
@@ -125,7 +114,7 @@ class Command(BaseCommand):
                 break
             if time.monotonic() - last_check > 30:
                 # Nobody may be watching in a browser: unstick jobs whose worker died here too.
-                services.documents_recover_stale(collection_ids=documents.values("collection_id"))
+                documents_recover_stale(collection_ids=documents.values("collection_id"))
                 last_check = time.monotonic()
             if timeout and time.monotonic() - started > timeout:
                 bar.close()

@@ -6,7 +6,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from kb import access, selectors, services
+from kb import access, selectors
+from kb.services.reindex import collection_reindex
 
 
 class Command(BaseCommand):
@@ -33,7 +34,7 @@ class Command(BaseCommand):
             bar.update(done - bar.n)
 
         try:
-            count = services.collection_reindex(user=operator, collection=target, inline=inline, progress=progress)
+            count = collection_reindex(user=operator, collection=target, inline=inline, progress=progress)
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from exc
         finally:

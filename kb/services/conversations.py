@@ -1,0 +1,221 @@
+"""Conversations: ask, answer (streamed from the model server), stop, regenerate, rate.
+
+The one place answers are generated, for the pages' stream, the JSON API and kb_ask alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from kb import access, answering, llm, retrieval, selectors
+from kb.models import Collection, Conversation, Feedback, Message
+
+logger = logging.getLogger(__name__)
+
+
+STOPPED = "Stopped at your request."
+NO_SOURCE_ANSWER = "I found nothing in the collections you can read that answers this question."
+
+
+def _validate_question(question: str) -> str:
+    question = question.strip()
+    if not question:
+        raise ValidationError("Ask a question first.")
+    if len(question) > 2000:
+        raise ValidationError("Questions are limited to 2,000 characters.")
+    return question
+
+
+def _retrieve_into(message: Message, *, user, collections, top_k: int | None) -> retrieval.Result:
+    """Fill a message's sources for its search query, or answer it at once when none is found."""
+    sources, result = answering.retrieve_sources(
+        user=user, question=message.search_query or message.question, collections=collections, top_k=top_k
+    )
+    message.sources = answering.fit_to_budget(sources, settings.KB_CONTEXT_TOKENS)
+    if not message.sources:
+        # Nothing readable answers it: say so plainly and never call the model.
+        message.status = Message.Status.NO_ANSWER
+        message.answer = NO_SOURCE_ANSWER
+        message.finished_at = timezone.now()
+    return result
+
+
+def message_ask(
+    *,
+    user,
+    question: str,
+    collections: list[Collection],
+    conversation: Conversation | None = None,
+    top_k: int | None = None,
+) -> tuple[Message, retrieval.Result]:
+    """Record a question, retrieve its sources from what the user may read, and return the pending message.
+
+    A follow-up in a conversation is first made standalone for retrieval (a possible model
+    call), outside any transaction: a slow model server must not hold one open.
+    """
+    question = _validate_question(question)
+    if conversation is not None and not access.can_use_conversation(user, conversation):
+        raise PermissionError("A conversation takes questions from its owner only.")
+    readable = [c for c in collections if access.can_read(user, c)]
+    history = selectors.message_history(user=user, conversation=conversation) if conversation else []
+    message = Message(question=question, search_query=answering.standalone_question(question, history))
+    result = _retrieve_into(message, user=user, collections=readable, top_k=top_k)
+    with transaction.atomic():
+        if conversation is None:
+            conversation = Conversation.objects.create(user=user, title=question[:200])
+            conversation.collections.set(readable)
+        message.conversation = conversation
+        message.save()
+        conversation.save(update_fields=["updated_at"])
+    return message, result
+
+
+def message_regenerate(*, user, message: Message, top_k: int | None = None) -> Message:
+    """Answer a message again: retrieve afresh with the user's current access, then stream anew."""
+    if not access.can_use_conversation(user, message.conversation):
+        raise PermissionError("Only the person who asked can have a question answered again.")
+    if not message.is_finished:
+        raise ValidationError("This answer is still being written; stop it first.")
+    conversation = message.conversation
+    history = selectors.message_history(user=user, conversation=conversation, before=message)
+    collections = list(selectors.conversation_collections(user=user, conversation=conversation))
+    message.search_query = answering.standalone_question(message.question, history)
+    message.answer, message.error, message.finished_at = "", "", None
+    message.status, message.stop_requested = Message.Status.PENDING, False
+    _retrieve_into(message, user=user, collections=collections, top_k=top_k)
+    with transaction.atomic():
+        # The old answer's judgements keep their copy of it but no longer hang on the message.
+        Feedback.objects.filter(message=message).update(message=None)
+        message.save()
+        conversation.save(update_fields=["updated_at"])
+    return message
+
+
+def message_stop(*, user, message: Message) -> Message:
+    """Ask the stream writing this answer to stop; an answer not yet begun ends here."""
+    if not access.can_use_conversation(user, message.conversation):
+        raise PermissionError("Only the person who asked can stop an answer.")
+    Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(stop_requested=True)
+    stopped = Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
+        status=Message.Status.INCOMPLETE, error=STOPPED, finished_at=timezone.now()
+    )
+    message.refresh_from_db()
+    if stopped:
+        logger.info("message %s stopped before it began", message.pk)
+    return message
+
+
+def feedback_give(*, user, message: Message, rating: int, comment: str = "") -> Feedback:
+    """Record (or change) a reader's thumbs up or down on a finished answer."""
+    if not message.is_finished or not message.answer:
+        raise ValidationError("Only a finished answer can be rated.")
+    if rating not in Feedback.Rating.values:
+        raise ValidationError("Rate an answer up or down.")
+    feedback, _ = Feedback.objects.update_or_create(
+        message=message,
+        user=user,
+        defaults={
+            "rating": rating,
+            "comment": comment.strip()[:2000],
+            "question": message.question,
+            "answer": message.answer,
+        },
+    )
+    return feedback
+
+
+def message_finish(*, message: Message, answer: str, status: str, error: str = "") -> Message:
+    """Store the generated answer (or what arrived of it) and how it ended."""
+    message.answer = answer
+    message.status = status
+    message.error = error
+    message.finished_at = timezone.now()
+    message.save(update_fields=["answer", "status", "error", "finished_at"])
+    return message
+
+
+# How often a running answer looks for a Stop request, in seconds.
+STOP_POLL_SECONDS = 0.25
+DISCONNECTED = "The answer was stopped before it finished: the connection to the reader was closed."
+NO_LONGER_READABLE = "None of the passages found for this question is readable by you any more."
+
+
+async def message_answer(*, message: Message, sources: list[dict], history=()) -> AsyncIterator[str]:
+    """Stream a claimed message's answer from the model server, then store how it ended.
+
+    The one place answers are generated, for the pages' stream and the JSON API alike. It
+    stops when the reader presses Stop (a row flag another process may set), keeps what
+    arrived when the model server fails or the reader goes away (close this generator, e.g.
+    with aclosing, and the model stream is closed too, which ends generation), and never
+    calls the model without a readable source.
+    """
+    if not sources:
+        await sync_to_async(message_finish)(message=message, answer=NO_LONGER_READABLE, status=Message.Status.NO_ANSWER)
+        return
+    pieces: list[str] = []
+    status, error = Message.Status.COMPLETE, ""
+    next_check = time.monotonic() + STOP_POLL_SECONDS
+    try:
+        async with aclosing(answering.astream_answer(message.question, sources, history)) as stream:
+            async for piece in stream:
+                pieces.append(piece)
+                yield piece
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + STOP_POLL_SECONDS
+                    if await Message.objects.filter(pk=message.pk, stop_requested=True).aexists():
+                        status, error = Message.Status.INCOMPLETE, STOPPED
+                        break  # leaving the block closes the model stream: generation stops
+    except llm.ModelServerError as exc:
+        status = Message.Status.INCOMPLETE if pieces else Message.Status.FAILED
+        error = str(exc)
+    except (asyncio.CancelledError, GeneratorExit):
+        # The reader went away (cancelled while awaiting the model, or closed while its
+        # consumer waited to send): the model stream is closed above; keep what arrived.
+        await sync_to_async(message_finish)(
+            message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE, error=DISCONNECTED
+        )
+        raise
+    await sync_to_async(message_finish)(message=message, answer="".join(pieces), status=status, error=error)
+
+
+def message_answer_start(*, user, message: Message) -> tuple[list[dict], list, bool]:
+    """What answering a message needs, read and claimed in one go: (sources, history, claimed).
+
+    Nothing is read for a message that is not pending: only its writer needs its sources.
+
+    The pages' stream and the JSON API call this through one sync_to_async each: every
+    separate call waits its turn on the one thread that runs the ORM, before the model
+    can be asked for a first token.
+    """
+    if message.status != Message.Status.PENDING:
+        return [], [], False  # being written elsewhere (followed through its relay), or finished
+    # Read before claiming: a read that fails leaves the message pending for the next stream.
+    sources = selectors.message_sources(user=user, message=message)
+    history = selectors.message_history(user=user, conversation=message.conversation, before=message)
+    return sources, history, message_claim(message=message)
+
+
+def message_claim(*, message: Message) -> bool:
+    """Take a pending message for answering; False if another stream already has it.
+
+    The claim names the answer's relay stream (kb.answer_relay) in the same update, so a
+    reader never follows the stream of an earlier answer to the same message.
+    """
+    stream_key = f"kb:answer:{message.pk}:{uuid.uuid4().hex}"
+    claimed = Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
+        status=Message.Status.STREAMING, stream_key=stream_key
+    )
+    if claimed:
+        message.status, message.stream_key = Message.Status.STREAMING, stream_key
+    return bool(claimed)

@@ -1,0 +1,318 @@
+"""Documents: uploads (single files and ZIP archives of pages), batches, deletion.
+
+Processing itself (parse, chunk, embed, store) is ingestion's: these services store the
+file, record the document and queue it, once their transaction commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from ingestion import archives, queue
+from ingestion.errors import IngestError
+from kb import access
+from kb.audit import audit_record
+from kb.models import BatchSummary, Collection, Document, UploadBatch
+
+
+@dataclass
+class UploadOutcome:
+    document: Document
+    outcome: str  # "created" | "updated" | "unchanged"
+
+
+def _hash_file(file) -> str:
+    digest = hashlib.sha256()
+    file.seek(0)
+    for block in iter(lambda: file.read(1 << 20), b""):
+        digest.update(block)
+    file.seek(0)
+    return digest.hexdigest()
+
+
+def _clean_source_path(source_path: str) -> str:
+    cleaned = archives.clean_upload_path(source_path)
+    if cleaned is None:
+        raise ValidationError(f"Unusable file name {source_path!r}.")
+    return cleaned
+
+
+def _title_from(source_path: str) -> str:
+    return PurePosixPath(source_path).stem.replace("_", " ").replace("-", " ").strip() or source_path
+
+
+def document_upload(
+    *,
+    user,
+    collection: Collection,
+    file,
+    source_path: str,
+    enqueue: bool = True,
+    batch: UploadBatch | None = None,
+    source_archive: str = "",
+) -> UploadOutcome:
+    """Store an uploaded file as a document of the collection and queue it for ingestion.
+
+    The same content again (under the same path, or any path of the collection) is
+    'unchanged' and costs no work; new content under a known path replaces that
+    document's chunks once the new version is processed. With enqueue=False the caller
+    processes it (kb_ingest --inline).
+    """
+    if not access.can_edit(user, collection):
+        raise PermissionError("You cannot add documents to this collection.")
+    source_path = _clean_source_path(source_path)
+    size = getattr(file, "size", None)
+    if size is None:
+        file.seek(0, 2)
+        size = file.tell()
+        file.seek(0)
+    max_bytes = settings.KB_MAX_UPLOAD_MB * 1024 * 1024
+    if size > max_bytes:
+        raise ValidationError(
+            f"{source_path} is {size / 1024 / 1024:.1f} MB; the limit is {settings.KB_MAX_UPLOAD_MB} MB."
+        )
+    if size == 0:
+        raise ValidationError(f"{source_path} is empty.")
+    content_hash = _hash_file(file)
+
+    with transaction.atomic():
+        existing = Document.objects.select_for_update().filter(collection=collection, source_path=source_path).first()
+        redo = (Document.Status.FAILED, Document.Status.CANCELLED)
+        if existing and existing.content_hash == content_hash and existing.status not in redo:
+            if source_archive and existing.source_archive != source_archive:
+                existing.source_archive = source_archive  # now also listed by this archive: synced with it
+                existing.save(update_fields=["source_archive"])
+            return UploadOutcome(existing, "unchanged")
+        if existing is None:
+            twin = Document.objects.filter(collection=collection, content_hash=content_hash).first()
+            if twin is not None and twin.status not in redo:
+                return UploadOutcome(twin, "unchanged")
+        suffix = PurePosixPath(source_path).suffix.lower()[:16]
+        # Generated names: nothing a user typed becomes a path on disk.
+        stored_name = default_storage.save(f"documents/{uuid.uuid4().hex}{suffix}", File(file))
+        try:
+            document, outcome = _document_store(
+                user=user, collection=collection, existing=existing, source_path=source_path,
+                content_hash=content_hash, stored_name=stored_name, size=size, batch=batch,
+                source_archive=source_archive,
+            )  # fmt: skip
+        except BaseException:
+            default_storage.delete(stored_name)  # the row never pointed at it: leave no orphan
+            raise
+        audit_record(
+            actor=user, action=f"document.{'upload' if outcome == 'created' else 'replace'}",
+            collection=collection, target=source_path, document_id=document.pk, size=size,
+        )  # fmt: skip
+        if enqueue:
+            queue.ingest(document.pk)
+    return UploadOutcome(document, outcome)
+
+
+def _document_store(
+    *, user, collection, existing, source_path: str, content_hash: str, stored_name: str, size: int,
+    batch: UploadBatch | None, source_archive: str,
+) -> tuple[Document, str]:  # fmt: skip
+    uploader = user if getattr(user, "is_authenticated", False) else None
+    if existing is None:
+        document = Document.objects.create(
+            collection=collection,
+            title=_title_from(source_path),
+            source_path=source_path,
+            content_hash=content_hash,
+            file=stored_name,
+            size=size,
+            uploaded_by=uploader,
+            batch=batch,
+            source_archive=source_archive,
+        )
+        return document, "created"
+    old_file = existing.file.name
+    existing.content_hash = content_hash
+    existing.file = stored_name
+    existing.size = size
+    existing.uploaded_by = uploader
+    existing.batch = batch
+    existing.attempts = 0
+    if source_archive:
+        existing.source_archive = source_archive
+    existing.save(update_fields=[
+        "content_hash", "file", "size", "uploaded_by", "batch", "attempts", "source_archive", "updated_at",
+    ])  # fmt: skip
+    # A new version is processed from the start, whatever became of the one before.
+    Document.objects.filter(pk=existing.pk).transition(
+        Document.Status.QUEUED, stage="", progress_done=0, progress_total=0, error=""
+    )
+    existing.refresh_from_db(fields=["status", "stage", "progress_done", "progress_total", "error", "updated_at"])
+    if old_file and old_file != stored_name:
+        transaction.on_commit(lambda: default_storage.delete(old_file))
+    return existing, "updated"
+
+
+@transaction.atomic
+def document_delete(*, user, document: Document) -> None:
+    """Delete a document, its chunks and its stored file."""
+    if not access.can_edit(user, document.collection):
+        raise PermissionError("You cannot delete documents of this collection.")
+    name = document.file.name
+    audit_record(
+        actor=user, action="document.delete", collection=document.collection,
+        target=document.source_path, document_id=document.pk,
+    )  # fmt: skip
+    document.delete()
+    transaction.on_commit(lambda: default_storage.delete(name))
+
+
+def batch_create(*, user, collection: Collection, label: str = "") -> UploadBatch:
+    """Open a batch for files uploaded together: one progress bar and one cancel for all of them."""
+    if not access.can_edit(user, collection):
+        raise PermissionError("You cannot add documents to this collection.")
+    creator = user if getattr(user, "is_authenticated", False) else None
+    return UploadBatch.objects.create(
+        collection=collection, created_by=creator, label=label[:300], summary=BatchSummary().as_json()
+    )
+
+
+def batch_upload(*, user, collection: Collection, files: list) -> BatchSummary:
+    """Add files uploaded together (documents and ZIP archives of pages) as one batch; returns its summary."""
+    label = files[0].name if len(files) == 1 else f"{len(files)} files"
+    batch = batch_create(user=user, collection=collection, label=label)
+    for upload in files:
+        summary = batch_add_file(user=user, batch=batch, file=upload, name=upload.name)
+    return summary
+
+
+def batch_add_file(*, user, batch: UploadBatch, file, name: str, enqueue: bool = True) -> BatchSummary:
+    """Add one uploaded file (a document, or a ZIP of pages) to a batch; returns the batch's summary.
+
+    Refusals (empty, too large, unsafe) are recorded in the summary with their reason; the
+    rest of the batch goes on.
+    """
+    summary = BatchSummary.from_json(batch.summary)
+    summary.files += 1
+    try:
+        if archives.is_page_archive(file):
+            summary.add(
+                archive_upload(user=user, collection=batch.collection, file=file, name=name, batch=batch,
+                               enqueue=enqueue)
+            )  # fmt: skip
+        else:
+            outcome = document_upload(
+                user=user, collection=batch.collection, file=file, source_path=name, enqueue=enqueue, batch=batch
+            )
+            summary.count(outcome.outcome)
+    except ValidationError as exc:
+        summary.refuse(name, " ".join(exc.messages))
+    batch.summary = summary.as_json()
+    batch.save(update_fields=["summary"])
+    return summary
+
+
+def archive_upload(
+    *, user, collection: Collection, file, name: str, batch: UploadBatch | None = None, enqueue: bool = True
+) -> BatchSummary:
+    """Sync a ZIP of pages (a wiki export) into the collection.
+
+    Each page becomes a document whose source path is its path inside the archive. Against
+    the previous upload of an archive of the same name: new pages are added, changed ones
+    replaced, unchanged ones cost nothing, and pages that vanished from it are removed.
+    Unsafe members (absolute or '..' paths, encrypted, too large) are refused one by one;
+    an archive past the limits (member count, unpacked size, compression ratio) is refused whole.
+    """
+    if not access.can_edit(user, collection):
+        raise PermissionError("You cannot add documents to this collection.")
+    archive_name = _clean_source_path(name)
+    summary = BatchSummary()
+    try:
+        archive = zipfile.ZipFile(file)
+    except zipfile.BadZipFile as exc:
+        raise ValidationError(f"{archive_name} is a damaged ZIP archive.") from exc
+    with archive:
+        try:
+            found = archives.pages(archive, archives.limits_from_settings())
+        except IngestError as exc:
+            raise ValidationError(f"{archive_name}: {exc}") from exc
+        summary.ignored = found.ignored
+        for member_name, reason in found.refused:
+            summary.refuse(member_name, reason)
+        to_process: list[int] = []
+        for member in found.members:
+            with tempfile.SpooledTemporaryFile(max_size=8 << 20) as data:
+                try:
+                    with archive.open(member.info) as source:
+                        shutil.copyfileobj(source, data, 1 << 20)
+                except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
+                    # CRC mismatch, damaged data or an unsupported compression method
+                    summary.refuse(member.path, f"Damaged inside the archive ({exc}).")
+                    continue
+                try:
+                    outcome = document_upload(
+                        user=user, collection=collection, file=data, source_path=member.path,
+                        enqueue=False, batch=batch, source_archive=archive_name,
+                    )  # fmt: skip
+                except ValidationError as exc:
+                    summary.refuse(member.path, " ".join(exc.messages))
+                    continue
+            summary.count(outcome.outcome)
+            if outcome.outcome != "unchanged":
+                to_process.append(outcome.document.pk)
+        if enqueue:
+            queue.ingest_group(to_process)
+    summary.removed_paths = documents_remove_vanished(
+        user=user, collection=collection, archive_name=archive_name, present=found.listed
+    )
+    summary.removed = len(summary.removed_paths)
+    counts = {k: v for k, v in summary.as_json().items() if k not in ("errors", "removed_paths")}
+    audit_record(
+        actor=user, action="archive.sync", collection=collection, target=archive_name,
+        counts=counts, removed_paths=summary.removed_paths[:200],
+    )  # fmt: skip
+    return summary
+
+
+@transaction.atomic
+def documents_remove_vanished(*, user, collection: Collection, archive_name: str, present: set[str]) -> list[str]:
+    """Delete the archive's documents whose pages are no longer in it; their chunks and files go too."""
+    if not access.can_edit(user, collection):
+        raise PermissionError("You cannot remove documents of this collection.")
+    vanished = list(
+        Document.objects.filter(collection=collection, source_archive=archive_name).exclude(source_path__in=present)
+    )
+    names = [d.file.name for d in vanished]
+    Document.objects.filter(pk__in=[d.pk for d in vanished]).delete()
+    transaction.on_commit(lambda: [default_storage.delete(n) for n in names if n])
+    return sorted(d.source_path for d in vanished)
+
+
+@transaction.atomic
+def batch_cancel(*, user, batch: UploadBatch) -> int:
+    """Cancel what a batch has not finished; returns how many documents were cancelled.
+
+    A worker in the middle of one sees it at its next progress mark and stops without
+    storing anything; a document being replaced keeps its previous version searchable.
+    """
+    if not access.can_edit(user, batch.collection):
+        raise PermissionError("You cannot cancel uploads in this collection.")
+    who = getattr(user, "username", "") or "an editor"
+    cancelled = Document.objects.filter(batch=batch).transition(
+        Document.Status.CANCELLED, stage="", error=f"Cancelled by {who} before it finished."
+    )
+    batch.cancelled_at = timezone.now()
+    batch.save(update_fields=["cancelled_at"])
+    audit_record(
+        actor=user, action="batch.cancel", collection=batch.collection, target=f"upload batch {batch.pk}",
+        cancelled=cancelled,
+    )  # fmt: skip
+    return cancelled

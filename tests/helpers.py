@@ -1,0 +1,165 @@
+"""Shared test helpers: paths, free ports, the real servers the fixtures start, and HTTP, stream,
+session and browser sign-in helpers used by several test modules."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+from asgiref.sync import async_to_sync
+from django.conf import settings as django_settings
+from django.test import AsyncClient, Client
+from django.urls import reverse
+from playwright.sync_api import expect
+
+if TYPE_CHECKING:
+    from kb.models import Message
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, *, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready:\n{tail}")
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.25)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise TimeoutError(f"{what} was not ready within {timeout:g} s:\n{tail}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# --- real servers -------------------------------------------------------------------------
+
+
+def _server_env(extra: dict | None = None) -> dict:
+    from django.db import connection
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "kb.settings",
+        "KB_DB_NAME": connection.settings_dict["NAME"],
+        "KB_MEDIA_ROOT": str(django_settings.MEDIA_ROOT),
+        "KB_QUEUE": django_settings.CELERY_TASK_DEFAULT_QUEUE,
+        "TGI_URL": django_settings.TGI_URL,
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        "KB_EMBEDDED_DB_KEEP": "1",  # the test session started the server and stops it
+    }
+    env.pop("DATABASE_URL", None)
+    env.pop("HF_HUB_OFFLINE", None)  # in huggingface_hub 2.x it blocks the model server's client too
+    env.update(extra or {})
+    return env
+
+
+@contextmanager
+def running(name: str, cmd: list[str], *, ready, env: dict, timeout: float = 90) -> Iterator[subprocess.Popen]:
+    """Run a server for the duration of the block, its output in tests/artifacts/NAME.log."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = ARTIFACTS / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: ready(log), timeout=timeout, what=name, proc=proc, log=log)
+        yield proc
+    finally:
+        stop(proc)
+
+
+def answers(url: str):
+    return lambda _log: httpx.get(url, timeout=2).status_code == 200
+
+
+@contextmanager
+def kb_web_server(env: dict | None = None) -> Iterator[str]:
+    """uvicorn serving kb's ASGI app on this test run's database and settings.TGI_URL (`env`: more settings)."""
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
+    with running("web", cmd, ready=answers(f"{url}/login/"), env=_server_env(env)):
+        yield url
+
+
+# --- HTTP, streams and sessions -----------------------------------------------------------
+
+
+def read_stream(user, message) -> list[tuple[str, str]]:
+    """All (event, data) pairs the stream sends for a message."""
+
+    async def run():
+        client = AsyncClient()
+        await client.aforce_login(user)
+        response = await client.get(reverse("message_stream", args=[message.pk]))
+        assert response.status_code == 200
+        assert response["Content-Type"] == "text/event-stream"
+        body = b"".join([part async for part in response.streaming_content]).decode()
+        return body
+
+    events = []
+    for block in async_to_sync(run)().split("\n\n"):
+        if not block.strip():
+            continue
+        lines = block.split("\n")
+        event = lines[0].removeprefix("event: ")
+        data = "\n".join(line.removeprefix("data: ") for line in lines[1:] if line.startswith("data: "))
+        events.append((event, data))
+    return events
+
+
+def session_cookies(user) -> dict:
+    client = Client()
+    client.force_login(user)
+    return {"sessionid": client.cookies["sessionid"].value}
+
+
+def wait_for_status(message: Message, *statuses: str, timeout: float = 15) -> Message:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message.refresh_from_db()
+        if message.status in statuses:
+            return message
+        time.sleep(0.1)
+    raise AssertionError(f"message stayed {message.status}")
+
+
+# --- the browser --------------------------------------------------------------------------
+
+PASSWORD = "a-long-test-password-1"
+
+
+def sign_in(page, base: str, username: str) -> None:
+    page.goto(f"{base}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator(".topbar .who")).to_have_text(username)
