@@ -30,12 +30,12 @@ FIND_GGUF := import importlib.util as u, pathlib as p; print(next(p.Path(u.find_
 .PHONY: help setup run llm test lint clean reset
 
 help:
-	@echo "make run     set up, migrate, then start web, worker and the local model server"
+	@echo "make run     set up, migrate, then start web, worker, beat and the local model server"
 	@echo "             (http://127.0.0.1:$(KB_PORT)/)"
 	@echo "make test    set up, then run the tests (extra pytest arguments: PYTEST_ARGS=...)"
 	@echo "make setup   create .venv and install everything (quick when nothing changed)"
 	@echo "make llm     start only the local model server on 127.0.0.1:$(LLM_PORT)"
-	@echo "make lint    ruff"
+	@echo "make lint    ruff, and the import contracts (lint-imports; docs/architecture.md)"
 	@echo "make clean   remove test artifacts and caches (keeps .venv and var/)"
 	@echo "make reset   remove var/: the local database, uploads and secret key"
 
@@ -94,11 +94,14 @@ llm: setup
 	env -u HOST -u PORT $(BIN)/python -m llama_cpp.server --model "$$($(BIN)/python -c '$(FIND_GGUF)')" \
 		--host 127.0.0.1 --port $(LLM_PORT) --n_ctx 2048 --n_threads 2
 
+# The import contracts first (seconds): a broken architecture rule fails CI like a test.
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf tests/artifacts staticfiles .pytest_cache .ruff_cache
