@@ -17,7 +17,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
-from kb import llm, retrieval
+from kb import llm, retrieval, verification
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are kb, the assistant of a team's knowledge base. Answer the user's question using only "
@@ -185,8 +185,10 @@ _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 _ALLOWED_TAGS = {
     "p", "br", "strong", "em", "code", "pre", "ul", "ol", "li", "blockquote",
-    "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td", "a", "sup", "hr",
+    "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td", "a", "sup", "hr", "mark",
 }  # fmt: skip
+_UNSUPPORTED_MARK = '<mark class="unsupported" title="Not found in the sources">'
+_UNSUPPORTED_NOTE = ' <span class="unsupported-note">(not found in the sources)</span>'
 
 
 def citation_url(source: dict) -> str:
@@ -207,12 +209,46 @@ def render_answer(answer: str, sources: list[dict]) -> SafeString:
         return f'<a class="cite" href="{citation_url(source)}" title="{title}">[{source["n"]}]</a>'
 
     html = _CITATION.sub(link, html)
+    # Sentences kb could not vouch for (kb.verification marks them with private-use characters).
+    html = html.replace(verification.UNSUPPORTED_OPEN, _UNSUPPORTED_MARK)
+    html = html.replace(verification.UNSUPPORTED_CLOSE, "</mark>" + _UNSUPPORTED_NOTE)
     return mark_safe(  # noqa: S308 - sanitised by nh3 just below, with a closed list of tags
         nh3.clean(
             html,
-            tags=_ALLOWED_TAGS,
-            attributes={"a": {"href", "class", "title"}, "code": {"class"}},
+            tags=_ALLOWED_TAGS | {"span"},
+            attributes={"a": {"href", "class", "title"}, "code": {"class"}, "mark": {"class", "title"},
+                        "span": {"class"}},  # fmt: skip
             url_schemes={"http", "https"},
             link_rel="noopener noreferrer",
         )
     )
+
+
+def checked_answer(message, sources: list[dict]) -> dict:
+    """What a reader is shown of an answer, limited to the sources they may still read.
+
+    {"extractive": [{"text", "citations"}], "sentences": [...], "answer_html", "counts"}:
+    quoted sentences of a source the reader can no longer read are left out, and so are
+    citations of such sources; a generated answer is shown as kb checked it.
+    """
+    readable = {s["n"] for s in sources}
+    quoted = [q for q in (message.extractive or {}).get("sentences", []) if set(q["citations"]) <= readable]
+    sentences = [
+        verification.Sentence(**{**s, "citations": [n for n in s["citations"] if n in readable]})
+        for s in message.sentences or []
+    ]
+    if sentences:
+        shown = verification.compose(sentences, hide_unsupported=settings.KB_HIDE_UNSUPPORTED)
+        html = render_answer(shown, sources)
+    else:
+        html = render_answer(message.answer, sources) if message.answer else ""
+    return {
+        "extractive": quoted,
+        "extractive_html": render_answer(verification.compose(
+            [verification.Sentence(text=q["text"], citations=q["citations"]) for q in quoted]
+        ), sources) if quoted else "",
+        "sentences": [s.as_json() for s in sentences],
+        "answer_html": html,
+        "counts": verification.counts(sentences),
+        "hide_unsupported": settings.KB_HIDE_UNSUPPORTED,
+    }  # fmt: skip

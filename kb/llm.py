@@ -52,13 +52,18 @@ def _friendly(exc: BaseException) -> ModelServerError:
 
 
 def _params(messages: list[dict], max_tokens: int | None) -> dict:
-    return {
+    params = {
         "messages": messages,
         "model": settings.TGI_MODEL,
         "stream": True,
         "max_tokens": max_tokens or settings.KB_LLM_MAX_TOKENS,
         "temperature": settings.KB_LLM_TEMPERATURE,
     }
+    if settings.KB_LLM_FREQUENCY_PENALTY:
+        # Small models loop on a paragraph or a code block; the penalty makes that less likely,
+        # kb's own guard (verification.RepetitionGuard) stops what still loops.
+        params["frequency_penalty"] = settings.KB_LLM_FREQUENCY_PENALTY
+    return params
 
 
 def _delta(chunk) -> str:

@@ -386,6 +386,14 @@ class Message(models.Model):
     search_query = models.TextField(blank=True)
     # The numbered sources given to the model: [{"n", "chunk_id", "document_id", "title", ...}].
     sources = models.JSONField(default=list, blank=True)
+    # How it was answered (KB_ANSWER_MODE when asked): "extractive", "generative" or "auto".
+    mode = models.CharField(max_length=12, blank=True)
+    # Source sentences that answer the question, quoted verbatim as soon as retrieval ends:
+    # {"sentences": [{"text", "citations": [n]}], "score": cosine}; no sentences when none answers.
+    extractive = models.JSONField(default=dict, blank=True)
+    # What kb decided about each sentence of the generated answer (kb.verification.Sentence):
+    # [{"text", "citations", "supported", "score", "code", "written", "unknown"}].
+    sentences = models.JSONField(default=list, blank=True)
     # Set by the Stop button; the stream that is writing the answer checks it and stops. A
     # row, not process memory, because the stop request may reach another web process.
     stop_requested = models.BooleanField(default=False)

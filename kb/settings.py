@@ -215,6 +215,19 @@ KB_ANSWER_EARLY_START = env.bool("KB_ANSWER_EARLY_START", default=True)
 # An answer started early is stopped when no page has come to read it within this many seconds.
 KB_ANSWER_ATTACH_SECONDS = env.float("KB_ANSWER_ATTACH_SECONDS", default=30.0)
 KB_LLM_MAX_TOKENS = env.int("KB_LLM_MAX_TOKENS", default=384)
+# extractive: quote the source sentences that answer, no model call; generative: the model's
+# answer, every sentence checked against the sources (kb.verification); auto: both, the
+# quoted answer first (it appears as soon as retrieval ends), the checked synthesis under it.
+KB_ANSWER_MODE = env.str("KB_ANSWER_MODE", default="auto")
+if KB_ANSWER_MODE not in ("extractive", "generative", "auto"):
+    raise ImproperlyConfigured(f"KB_ANSWER_MODE={KB_ANSWER_MODE!r}: use extractive, generative or auto.")
+# Leave out the sentences of a generated answer that no source supports, instead of marking them.
+KB_HIDE_UNSUPPORTED = env.bool("KB_HIDE_UNSUPPORTED", default=False)
+# Repetition penalties sent to the model server (OpenAI-compatible frequency/presence penalties;
+# vLLM, TGI and llama.cpp apply them); 0 sends none.
+KB_LLM_FREQUENCY_PENALTY = env.float("KB_LLM_FREQUENCY_PENALTY", default=0.3)
+# Generation stops when one sentence or code line comes back this many times.
+KB_LOOP_REPEATS = env.int("KB_LOOP_REPEATS", default=3)
 KB_LLM_TEMPERATURE = env.float("KB_LLM_TEMPERATURE", default=0.1)
 KB_SYSTEM_PROMPT = env.str("KB_SYSTEM_PROMPT", default="")
 # Follow-ups: how a follow-up becomes a standalone search ("history": joined with the previous

@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET, require_POST
 
-from kb import access, selectors
+from kb import access, answering, selectors
 from kb.api.auth import token_required
 from kb.models import Message, Role
 from kb.services.conversations import message_answer, message_answer_start, message_ask
@@ -50,6 +50,7 @@ def _document_json(document) -> dict:
 
 def _message_json(user, message: Message) -> dict:
     sources = selectors.message_sources(user=user, message=message)
+    checked = answering.checked_answer(message, sources)
     return {
         "conversation": message.conversation_id,
         "message": message.pk,
@@ -57,6 +58,10 @@ def _message_json(user, message: Message) -> dict:
         "answer": message.answer,
         "status": message.status,
         "error": message.error,
+        "mode": message.mode,
+        "abstained": message.status == Message.Status.NO_ANSWER,
+        "extractive": checked["extractive"],
+        "sentences": [{k: s[k] for k in ("text", "citations", "supported")} for s in checked["sentences"]],
         "sources": [
             {
                 k: s.get(k)

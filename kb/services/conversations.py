@@ -18,7 +18,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from kb import access, answering, llm, retrieval, selectors
+from ingestion.errors import EmbedderUnavailable
+from kb import access, answering, llm, retrieval, selectors, verification
 from kb.models import Collection, Conversation, Feedback, Message
 
 logger = logging.getLogger(__name__)
@@ -38,15 +39,28 @@ def _validate_question(question: str) -> str:
 
 
 def _retrieve_into(message: Message, *, user, collections, top_k: int | None) -> retrieval.Result:
-    """Fill a message's sources for its search query, or answer it at once when none is found."""
+    """Fill a message's sources and extractive answer, or answer it at once when none is found.
+
+    In extractive mode the quoted sentences are the answer, and no model is called.
+    """
     sources, result = answering.retrieve_sources(
         user=user, question=message.search_query or message.question, collections=collections, top_k=top_k
     )
     message.sources = answering.fit_to_budget(sources, settings.KB_CONTEXT_TOKENS)
-    if not message.sources:
+    message.mode = settings.KB_ANSWER_MODE
+    message.extractive = verification.extract(message.question, message.sources, verification.embed)
+    message.sentences = []
+    if not message.sources or (message.mode == "extractive" and not message.extractive["sentences"]):
         # Nothing readable answers it: say so plainly and never call the model.
         message.status = Message.Status.NO_ANSWER
         message.answer = NO_SOURCE_ANSWER
+        message.finished_at = timezone.now()
+    elif message.mode == "extractive":
+        quoted = [verification.Sentence(text=q["text"], citations=q["citations"], score=message.extractive["score"])
+                  for q in message.extractive["sentences"]]  # fmt: skip
+        message.sentences = [q.as_json() for q in quoted]
+        message.answer = verification.compose(quoted)
+        message.status = Message.Status.COMPLETE
         message.finished_at = timezone.now()
     return result
 
@@ -135,20 +149,35 @@ def feedback_give(*, user, message: Message, rating: int, comment: str = "") -> 
     return feedback
 
 
-def message_finish(*, message: Message, answer: str, status: str, error: str = "") -> Message:
-    """Store the generated answer (or what arrived of it) and how it ended."""
+def message_finish(*, message: Message, answer: str, status: str, error: str = "", sources=()) -> Message:
+    """Store the generated answer (or what arrived of it), how it ended, and each sentence's check against `sources`."""
+    if status == Message.Status.COMPLETE and not answer.strip():
+        status, error = Message.Status.FAILED, EMPTY_ANSWER  # never "complete" with nothing to show
+    message.sentences = _checked(answer, list(sources)) if answer.strip() and sources else []
     message.answer = answer
     message.status = status
     message.error = error
     message.finished_at = timezone.now()
-    message.save(update_fields=["answer", "status", "error", "finished_at"])
+    message.save(update_fields=["answer", "status", "error", "finished_at", "sentences"])
     return message
+
+
+def _checked(answer: str, sources: list[dict]) -> list[dict]:
+    try:
+        decided = verification.verify(answer, sources, verification.embed)
+    except EmbedderUnavailable as exc:
+        # Without the embedding model only the lexical evidence is left: kb vouches for nothing.
+        logger.warning("answer not checked against its sources, the embedding model is unavailable: %s", exc)
+        decided = verification.verify(answer, sources, None)
+    return [s.as_json() for s in decided]
 
 
 # How often a running answer looks for a Stop request, in seconds.
 STOP_POLL_SECONDS = 0.25
 DISCONNECTED = "The answer was stopped before it finished: the connection to the reader was closed."
 NO_LONGER_READABLE = "None of the passages found for this question is readable by you any more."
+EMPTY_ANSWER = "The model server returned an empty answer. The passages it was given are listed below."
+LOOPING = "Stopped: the model was repeating itself. What it wrote before that is kept."
 
 
 async def message_answer(*, message: Message, sources: list[dict], history=()) -> AsyncIterator[str]:
@@ -166,9 +195,14 @@ async def message_answer(*, message: Message, sources: list[dict], history=()) -
     pieces: list[str] = []
     status, error = Message.Status.COMPLETE, ""
     next_check = time.monotonic() + STOP_POLL_SECONDS
+    guard = verification.RepetitionGuard(settings.KB_LOOP_REPEATS)
     try:
         async with aclosing(answering.astream_answer(message.question, sources, history)) as stream:
             async for piece in stream:
+                if guard.feed(piece):
+                    logger.info("message %s: the model repeats itself; generation stops", message.pk)
+                    pieces, status, error = [guard.text[: guard.cut]], Message.Status.INCOMPLETE, LOOPING
+                    break  # leaving the block closes the model stream: generation stops
                 pieces.append(piece)
                 yield piece
                 if time.monotonic() >= next_check:
@@ -183,10 +217,13 @@ async def message_answer(*, message: Message, sources: list[dict], history=()) -
         # The reader went away (cancelled while awaiting the model, or closed while its
         # consumer waited to send): the model stream is closed above; keep what arrived.
         await sync_to_async(message_finish)(
-            message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE, error=DISCONNECTED
-        )
+            message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE, error=DISCONNECTED,
+            sources=sources,
+        )  # fmt: skip
         raise
-    await sync_to_async(message_finish)(message=message, answer="".join(pieces), status=status, error=error)
+    await sync_to_async(message_finish)(
+        message=message, answer="".join(pieces), status=status, error=error, sources=sources
+    )
 
 
 def message_answer_start(*, user, message: Message) -> tuple[list[dict], list, bool]:

@@ -34,7 +34,7 @@ def _message_context(user, message: Message) -> dict:
         "message": message,
         "feedback": selectors.feedback_get(user=user, message=message),
         "sources": [{**s, "breadcrumb": answering.breadcrumb(s)} for s in sources],
-        "answer_html": answering.render_answer(message.answer, sources) if message.answer else "",
+        **answering.checked_answer(message, sources),
     }
 
 

@@ -10,7 +10,7 @@ from contextlib import aclosing
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.management.base import BaseCommand
 
-from kb import answering
+from kb import answering, verification
 from kb.management.cli import actor_and_collections
 from kb.models import Message
 from kb.services.conversations import message_answer, message_answer_start, message_ask
@@ -37,16 +37,21 @@ class Command(BaseCommand):
     def _ask(self, actor, question: str, collections, *, top_k, generate: bool, as_json: bool) -> None:
         started = time.perf_counter()
         answer, first_token_ms, error = None, None, None
+        sentences: list[dict] = []
         if not generate:
             # Retrieval alone records nothing: no conversation, no message.
             sources, _ = answering.retrieve_sources(user=actor, question=question, collections=collections, top_k=top_k)
+            extractive = verification.extract(question, sources, verification.embed)
             retrieve_ms = (time.perf_counter() - started) * 1000
+            mode, abstained = "retrieval", not sources
         else:
             # The views' path: the question is recorded in a conversation of the actor's, and
             # refused, answered and stored by the same services.
             message, _ = message_ask(user=actor, question=question, collections=collections, top_k=top_k)
             retrieve_ms = (time.perf_counter() - started) * 1000
-            sources = message.sources
+            sources, extractive, mode = message.sources, message.extractive, message.mode
+            if not as_json and mode == "auto" and extractive.get("sentences"):
+                self.stdout.write("From the sources:\n" + _quoted(extractive) + "\n\nWritten by the model:")
 
             def show(piece: str) -> None:
                 nonlocal first_token_ms
@@ -60,14 +65,19 @@ class Command(BaseCommand):
             # connection (and a test's transaction).
             async_to_sync(_answer)(actor, message, show)
             message.refresh_from_db()
-            answer = message.answer
+            answer, sentences = message.answer, message.sentences
+            abstained = message.status == Message.Status.NO_ANSWER
             if message.status in (Message.Status.FAILED, Message.Status.INCOMPLETE):
                 error = message.error
         total_ms = (time.perf_counter() - started) * 1000
         if as_json:
             record = {
                 "question": question,
+                "mode": mode,
+                "abstained": abstained,
                 "answer": answer,
+                "extractive": extractive.get("sentences", []),
+                "sentences": [{k: x[k] for k in ("text", "citations", "supported")} for x in sentences],
                 "sources": [
                     {
                         "rank": s["n"],
@@ -95,11 +105,22 @@ class Command(BaseCommand):
             self.stdout.write(answer, ending="")
         if error:
             self.stderr.write(f"\n{error}")
+        unsupported = [x["text"] for x in sentences if not x["supported"]]
+        if unsupported:
+            self.stdout.write(f"\n\nNot found in the sources ({len(unsupported)}):")
+            for text in unsupported:
+                self.stdout.write(f"  - {text}")
+        if not generate and extractive.get("sentences"):
+            self.stdout.write("From the sources:\n" + _quoted(extractive) + "\n")
         self.stdout.write("\n\nSources:" if generate else "Sources:")
         for s in sources:
             where = " > ".join(x for x in [s["source"], s["heading"]] if x)
             page = f" (page {s['page']})" if s["page"] else ""
             self.stdout.write(f"  [{s['n']}] {where}{page}  score {s['score']:.4f}")
+
+
+def _quoted(extractive: dict) -> str:
+    return "\n".join(f"  {q['text']} " + "".join(f"[{n}]" for n in q["citations"]) for q in extractive["sentences"])
 
 
 async def _answer(actor, message: Message, show) -> None:

@@ -1,0 +1,134 @@
+"""Answers kb vouches for, end to end through the services and the page's stream: the quoted
+(extractive) answer before any model output, every generated sentence checked, loops cut off,
+empty answers failed, and the same decisions in the page, the JSON API and kb_ask."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from kb.models import Message
+from kb.services.conversations import EMPTY_ANSWER, LOOPING, NO_SOURCE_ANSWER, message_ask
+from kb.services.tokens import api_token_create
+from tests.corpus import BACKUPS
+from tests.factories import add_document, ask, make_collection, make_user
+from tests.helpers import read_stream
+from tests.standins import Behaviour, failing_model_server
+
+pytestmark = pytest.mark.django_db
+
+INVENTED = ["To restore, call ", "`logging.rotate()` ", "first [1]. ", "The backup runs ", "nightly at ",
+            "02:00 [2]."]  # fmt: skip
+
+
+def _page(user, message) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.get(message.conversation.get_absolute_url()).content.decode()
+
+
+def test_the_quoted_answer_is_ready_when_the_question_is_recorded_before_any_model_call():
+    user, message = ask("When does the database backup run?")
+    assert message.mode == "auto" and message.status == Message.Status.PENDING
+    [quoted] = message.extractive["sentences"]
+    assert quoted["text"] == "The database backup runs nightly at 02:00 and keeps fourteen copies."
+    assert quoted["citations"] == [1]
+    html = _page(user, message)  # the page a reader sees while the model has not written a word
+    assert "From the sources" in html and "runs nightly at 02:00" in html
+
+
+def test_with_the_model_server_down_the_quoted_answer_still_shows(settings):
+    user, message = ask("When does the database backup run?")
+    with failing_model_server(Behaviour(status=503)) as (url, _):
+        settings.TGI_URL = url
+        events = read_stream(user, message)
+    message.refresh_from_db()
+    assert message.status == Message.Status.FAILED
+    assert "runs nightly at 02:00" in events[-1][1] and "From the sources" in events[-1][1]
+
+
+def test_an_invented_identifier_is_marked_and_a_wrong_number_corrected(settings):
+    user, message = ask("When does the database backup run?")
+    with failing_model_server(Behaviour(tokens=INVENTED)) as (url, _):
+        settings.TGI_URL = url
+        events = read_stream(user, message)
+    message.refresh_from_db()
+    assert message.status == Message.Status.COMPLETE
+    assert [(s["supported"], s["citations"], s["written"]) for s in message.sentences] == [
+        (False, [], [1]),  # logging.rotate is in no source: never shown as cited
+        (True, [1], [2]),  # there is no source 2: kb cites the one that says it
+    ]
+    done = events[-1][1]
+    assert '<mark class="unsupported"' in done and "(not found in the sources)" in done
+    assert "1 of 2 statements was not found in the sources" in done
+
+
+def test_a_looping_model_is_cut_off_and_what_it_wrote_is_kept_once(settings):
+    user, message = ask()
+    loop = ["The backup runs nightly at 02:00. "] * 50
+    with failing_model_server(Behaviour(tokens=loop)) as (url, record):
+        settings.TGI_URL = url
+        read_stream(user, message)
+        assert record.finished.wait(5)
+    message.refresh_from_db()
+    assert message.status == Message.Status.INCOMPLETE and message.error == LOOPING
+    assert message.answer.count("runs nightly") == 1
+    assert record.tokens_sent < 50, "generation must stop upstream"
+    assert record.requests[0]["frequency_penalty"] > 0
+
+
+def test_an_empty_answer_is_a_failure_not_a_complete_answer(settings):
+    user, message = ask()
+    with failing_model_server(Behaviour(tokens=[])) as (url, _):
+        settings.TGI_URL = url
+        events = read_stream(user, message)
+    message.refresh_from_db()
+    assert (message.status, message.error) == (Message.Status.FAILED, EMPTY_ANSWER)
+    assert EMPTY_ANSWER in events[-1][1]
+
+
+def test_extractive_mode_answers_with_quotes_and_calls_no_model(settings):
+    settings.KB_ANSWER_MODE = "extractive"
+    settings.TGI_URL = "http://127.0.0.1:9"  # nothing listens: a model call would fail the test
+    user = make_user()
+    collection = make_collection(viewer=[user])
+    add_document(collection, "backups.md", BACKUPS)
+    message, _ = message_ask(user=user, question="When does the database backup run?", collections=[collection])
+    assert message.status == Message.Status.COMPLETE and message.mode == "extractive"
+    assert message.answer == "The database backup runs nightly at 02:00 and keeps fourteen copies [1]."
+    assert all(s["supported"] for s in message.sentences)
+
+
+def test_extractive_mode_abstains_when_no_sentence_answers(settings):
+    settings.KB_ANSWER_MODE = "extractive"
+    settings.KB_MIN_SIMILARITY = -1.0  # retrieval keeps its passages: the quoting has to abstain
+    user = make_user()
+    collection = make_collection(viewer=[user])
+    add_document(collection, "backups.md", BACKUPS)
+    message, _ = message_ask(user=user, question="What is the capital of Peru?", collections=[collection])
+    assert message.sources and message.extractive["sentences"] == []
+    assert (message.status, message.answer) == (Message.Status.NO_ANSWER, NO_SOURCE_ANSWER)
+
+
+def test_the_json_api_shows_the_same_decisions_as_the_page(settings):
+    user = make_user()
+    collection = make_collection(viewer=[user])
+    add_document(collection, "backups.md", BACKUPS)
+    _, raw = api_token_create(user=user, name="test")
+    body = {"question": "When does the database backup run?", "collections": [collection.pk], "stream": False}
+    with failing_model_server(Behaviour(tokens=INVENTED)) as (url, _):
+        settings.TGI_URL = url
+        response = Client().post(
+            reverse("api_ask"), body, content_type="application/json", headers={"Authorization": f"Bearer {raw}"}
+        )
+    record = response.json()
+    assert (record["mode"], record["abstained"], record["status"]) == ("auto", False, "complete")
+    assert record["sentences"] == [
+        {"text": "To restore, call `logging.rotate()` first.", "citations": [], "supported": False},
+        {"text": "The backup runs nightly at 02:00.", "citations": [1], "supported": True},
+    ]
+    assert record["extractive"][0]["citations"] == [1]
+    assert record["answer"] == "".join(INVENTED)  # the model's own text stays available, unchanged
+    message = Message.objects.get(pk=record["message"])
+    assert "(not found in the sources)" in _page(user, message)

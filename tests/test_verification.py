@@ -1,0 +1,102 @@
+"""kb.verification: sentences checked against their sources with the real embedding model."""
+
+from __future__ import annotations
+
+import pytest
+
+from kb import verification as v
+
+BACKUP = {
+    "n": 1,
+    "text": "The database backup runs nightly at 02:00 UTC and keeps fourteen copies. To restore, stop the "
+    "application, then run `kb-restore --date` with the date of the copy.",
+}
+LEAVE = {"n": 2, "text": "Up to five unused vacation days carry over into the next year."}
+SOURCES = [BACKUP, LEAVE]
+
+
+@pytest.fixture(scope="module")
+def decide():
+    def _decide(answer: str, sources=SOURCES):
+        return v.verify(answer, sources, v.embed)
+
+    return _decide
+
+
+def test_a_sentence_a_source_says_is_supported_and_cited(decide):
+    [sentence] = decide("The backup runs every night at 02:00 UTC [1].")
+    assert sentence.supported and sentence.citations == [1] and sentence.written == [1]
+
+
+def test_an_invented_identifier_makes_a_sentence_unsupported_and_uncited(decide):
+    [sentence] = decide("To restore, call `logging.rotate()` before the restore script [1].")
+    assert not sentence.supported and sentence.citations == []
+    assert sentence.unknown == ["logging.rotate"]
+
+
+def test_a_number_no_source_holds_makes_a_sentence_unsupported(decide):
+    [sentence] = decide("Up to twelve, that is 12 unused vacation days carry over [2].")
+    assert not sentence.supported and "12" in sentence.unknown
+
+
+def test_a_wrong_citation_is_replaced_by_the_source_that_supports_the_sentence(decide):
+    [sentence] = decide("Five unused vacation days carry over into the next year [1].")
+    assert sentence.supported and sentence.written == [1] and sentence.citations == [2]
+
+
+def test_a_missing_citation_is_added(decide):
+    [sentence] = decide("The backup keeps fourteen copies.")
+    assert sentence.supported and sentence.written == [] and sentence.citations == [1]
+
+
+def test_a_claim_about_something_else_is_unsupported(decide):
+    [sentence] = decide("The office cafeteria serves lunch between noon and two.")
+    assert not sentence.supported and sentence.citations == []
+
+
+def test_a_code_block_whose_commands_are_in_a_source_is_supported(decide):
+    sentences = decide("Run this:\n\n```\nkb-restore --date\n```\n")
+    assert [s.code for s in sentences] == [False, True]
+    assert sentences[1].supported and sentences[1].citations == [1]
+
+
+def test_a_code_block_with_an_invented_command_is_unsupported(decide):
+    [_, block] = decide("Run this:\n\n```\nkb-backup --rotate-now\n```\n")
+    assert not block.supported and "--rotate-now" in block.unknown
+
+
+def test_compose_marks_unsupported_sentences_and_places_citations_before_the_full_stop(decide):
+    sentences = decide("The backup runs nightly at 02:00 UTC. Call `logging.rotate()` first.")
+    shown = v.compose(sentences)
+    assert shown.startswith("The backup runs nightly at 02:00 UTC [1].")
+    assert f"{v.UNSUPPORTED_OPEN}Call `logging.rotate()` first.{v.UNSUPPORTED_CLOSE}" in shown
+    assert "logging" not in v.compose(sentences, hide_unsupported=True)
+
+
+def test_without_the_embedding_model_nothing_is_vouched_for(decide):
+    [sentence] = v.verify("The backup runs nightly at 02:00 UTC [1].", SOURCES, None)
+    assert not sentence.supported and sentence.citations == []
+
+
+def test_the_extractive_answer_quotes_the_source_sentence_that_answers():
+    quoted = v.extract("How many vacation days carry over?", SOURCES, v.embed)
+    assert quoted["sentences"][0] == {"text": LEAVE["text"], "citations": [2]}
+
+
+def test_the_extractive_answer_is_empty_when_no_sentence_answers():
+    assert v.extract("What is the capital of Peru?", SOURCES, v.embed)["sentences"] == []
+
+
+@pytest.mark.parametrize(
+    ("pieces", "loops"),
+    [
+        (["Backups run nightly. "] * 3, True),
+        (["```\n"] + ["logging.rotate(path)\n"] * 3, True),
+        (["Backups run nightly. ", "They keep fourteen copies. ", "Restore with the script."], False),
+    ],
+)
+def test_the_repetition_guard_trips_on_the_third_repeat(pieces, loops):
+    guard = v.RepetitionGuard(3)
+    assert any(guard.feed(p) for p in pieces) == loops
+    if loops:
+        assert guard.text[: guard.cut].count(pieces[1].strip()) == 1
