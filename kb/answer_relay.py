@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import logging
 import time
 import weakref
@@ -31,6 +32,7 @@ from contextlib import aclosing
 
 from django.conf import settings
 
+from kb import verification
 from kb.models import Message
 from kb.services.conversations import STOP_POLL_SECONDS, message_answer, message_answer_start
 
@@ -91,20 +93,26 @@ class _Publisher:
             return None
 
 
-async def produce(message: Message, sources: list[dict], history) -> AsyncIterator[tuple[str | None, str]]:
-    """Write a claimed message's answer: (relay entry id, piece) for each piece, also published for other readers."""
+async def produce(
+    message: Message, sources: list[dict], history
+) -> AsyncIterator[tuple[str | None, str | verification.Checked]]:
+    """Write a claimed message's answer: (relay entry id, piece or checked sentence), published for other readers."""
     publisher = _Publisher(message.stream_key)
     try:
-        async with aclosing(message_answer(message=message, sources=sources, history=history)) as pieces:
+        answer = message_answer(message=message, sources=sources, history=history, checked=True)
+        async with aclosing(answer) as pieces:
             async for piece in pieces:
-                yield await publisher.publish(t=piece), piece
+                if isinstance(piece, verification.Checked):
+                    yield await publisher.publish(s=json.dumps(piece.as_json())), piece
+                else:
+                    yield await publisher.publish(t=piece), piece
     finally:
         # Also after a cancellation: readers elsewhere learn that it ended, and how, from the row.
         await publisher.publish(end="1")
 
 
-async def follow(message: Message, *, after: str = "0") -> AsyncIterator[tuple[str, str]]:
-    """(entry id, piece) of an answer being written anywhere, from the start or after entry `after`, until it ends."""
+async def follow(message: Message, *, after: str = "0") -> AsyncIterator[tuple[str, str | verification.Checked]]:
+    """(entry id, piece or checked sentence) of an answer being written anywhere, from the start or after `after`."""
     client = _client()
     readers = _readers_key(message.stream_key)
     async with client.pipeline(transaction=True) as pipe:
@@ -129,6 +137,8 @@ async def follow(message: Message, *, after: str = "0") -> AsyncIterator[tuple[s
                     return
                 if b"t" in fields:
                     yield after, fields[b"t"].decode()
+                elif b"s" in fields:
+                    yield after, verification.Checked.from_json(json.loads(fields[b"s"]))
     finally:
         await client.decr(readers)
 

@@ -196,10 +196,10 @@ def citation_url(source: dict) -> str:
     return f"{url}?chunk={source['chunk_id']}#chunk-{source['chunk_id']}"
 
 
-def render_answer(answer: str, sources: list[dict]) -> SafeString:
+def render_answer(answer: str, sources: list[dict], *, inline: bool = False) -> SafeString:
     """Sanitised HTML of the answer, each [n] of a known source linked to its passage."""
     by_n = {s["n"]: s for s in sources}
-    html = _markdown.render(answer)
+    html = _markdown.renderInline(answer) if inline else _markdown.render(answer)
 
     def link(match: re.Match) -> str:
         source = by_n.get(int(match.group(1)))
@@ -222,6 +222,17 @@ def render_answer(answer: str, sources: list[dict]) -> SafeString:
             link_rel="noopener noreferrer",
         )
     )
+
+
+def render_sentence(sentence: verification.Sentence, sources: list[dict]) -> SafeString:
+    """One checked sentence as inline HTML (a code block as a block), for the page while the answer streams."""
+    readable = {s["n"] for s in sources}
+    cited = [n for n in sentence.citations if n in readable]
+    sentence = verification.Sentence(**{**sentence.as_json(), "citations": cited})
+    shown = verification.compose([sentence], hide_unsupported=settings.KB_HIDE_UNSUPPORTED)
+    if not shown:
+        return mark_safe("")
+    return render_answer(shown, sources, inline=not sentence.code)
 
 
 def checked_answer(message, sources: list[dict]) -> dict:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ingestion import embeddings, pipeline
+from ingestion.errors import EmbedderUnavailable
 
 # Thresholds on the cosine of all-MiniLM-L6-v2 between a sentence and a source sentence,
 # chosen on bench/verification_dev.py's pairs drawn from the Python manual (docs/benchmarks.md).
@@ -355,3 +356,82 @@ class RepetitionGuard:
                 self.cut = starts[1]
                 return True
         return False
+
+
+_FENCE_LINE = re.compile(r"^(```|~~~)", re.M)
+
+
+def complete_prefix(text: str, start: int = 0) -> int:
+    """The offset up to which `text` (from `start`) holds only whole sentences and closed code blocks.
+
+    A sentence is whole once the next one has begun; nothing inside a code block still open is.
+    """
+    tail = text[start:]
+    opened = list(_FENCE_LINE.finditer(tail))
+    limit = opened[-1].start() if len(opened) % 2 else len(tail)
+    blocks = [(m.start(), m.end()) for m in _FENCE.finditer(tail[:limit])]
+    best = max((end for _, end in blocks), default=0)
+    for boundary in _SENTENCE_END.finditer(tail[:limit]):
+        if not any(a <= boundary.start() < b for a, b in blocks):
+            best = max(best, boundary.start())
+    return start + best
+
+
+@dataclass
+class Checked:
+    """A sentence decided while the answer streams, and how far into the answer's text it reaches."""
+
+    sentence: Sentence
+    upto: int
+
+    def as_json(self) -> dict:
+        return {"sentence": self.sentence.as_json(), "upto": self.upto}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Checked:
+        return cls(sentence=Sentence(**data["sentence"]), upto=int(data["upto"]))
+
+
+class StreamCheck:
+    """Checks an answer while it streams: each sentence as soon as it is whole, each once.
+
+    add() the pieces; ready() (CPU work: run it off the event loop) decides the sentences
+    completed since the last call, or with final=True everything left.
+    """
+
+    def __init__(self, sources: list[dict], embed):
+        self.sources, self.embed = sources, embed
+        self.text = ""
+        self.done = 0
+        self.decided: list[Sentence] = []
+        self._evidence: Evidence | None = None
+
+    def add(self, piece: str) -> bool:
+        """Add a piece; True when a sentence has been completed by it."""
+        self.text += piece
+        return complete_prefix(self.text, self.done) > self.done
+
+    def keep(self, text: str) -> None:
+        """The answer is cut back to `text` (a loop removed): decide it again from the start if need be."""
+        if self.done > len(text):
+            self.done, self.decided = 0, []
+        self.text = text
+
+    def ready(self, *, final: bool = False) -> list[Checked]:
+        cut = len(self.text) if final else complete_prefix(self.text, self.done)
+        if cut <= self.done:
+            return []
+        segment, self.done = self.text[self.done : cut], cut
+        try:
+            new = self._verify(segment)
+        except EmbedderUnavailable:
+            # Without the embedding model only the lexical evidence is left: kb vouches for nothing.
+            self.embed, self._evidence = None, None
+            new = self._verify(segment)
+        self.decided += new
+        return [Checked(sentence=s, upto=cut) for s in new]
+
+    def _verify(self, segment: str) -> list[Sentence]:
+        if self._evidence is None:
+            self._evidence = Evidence.of(self.sources, self.embed)
+        return verify(segment, self.sources, self.embed, self._evidence)

@@ -67,7 +67,8 @@ def test_an_invented_identifier_is_marked_and_a_wrong_number_corrected(settings)
 def test_a_looping_model_is_cut_off_and_what_it_wrote_is_kept_once(settings):
     user, message = ask()
     loop = ["The backup runs nightly at 02:00. "] * 50
-    with failing_model_server(Behaviour(tokens=loop)) as (url, record):
+    # Paced as a model writes, so the loop is noticed while generation is still going.
+    with failing_model_server(Behaviour(tokens=loop, delay_between=0.05)) as (url, record):
         settings.TGI_URL = url
         read_stream(user, message)
         assert record.finished.wait(5)
@@ -132,3 +133,20 @@ def test_the_json_api_shows_the_same_decisions_as_the_page(settings):
     assert record["answer"] == "".join(INVENTED)  # the model's own text stays available, unchanged
     message = Message.objects.get(pk=record["message"])
     assert "(not found in the sources)" in _page(user, message)
+
+
+def test_each_sentence_is_checked_while_the_answer_streams_not_at_the_end(settings):
+    user, message = ask("When does the database backup run?")
+    with failing_model_server(Behaviour(tokens=INVENTED)) as (url, _):
+        settings.TGI_URL = url
+        events = read_stream(user, message)
+    kinds = [event for event, _ in events]
+    assert kinds[0] == "token"  # the first token is not held back for checking
+    first_check = kinds.index("sentence")
+    assert "token" in kinds[first_check:], "the first sentence is shown checked before the model has finished"
+    sentences = [data for event, data in events if event == "sentence"]
+    assert '<mark class="unsupported"' in sentences[0] and "logging.rotate()" in sentences[0]
+    assert 'class="cite"' in sentences[1] and "[1]" in sentences[1] and "<mark" not in sentences[1]
+    # After each checked sentence the draft holds only what is not checked yet.
+    drafts = [data for event, data in events if event == "draft"]
+    assert drafts[0].startswith("The backup runs") and drafts[-1] == ""

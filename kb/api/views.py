@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET, require_POST
 
-from kb import access, answering, selectors
+from kb import access, answering, selectors, verification
 from kb.api.auth import token_required
 from kb.models import Message, Role
 from kb.services.conversations import message_answer, message_answer_start, message_ask
@@ -166,8 +166,8 @@ async def ask(request: HttpRequest) -> HttpResponse:
         return _error(str(exc) or "Not found.", status=404)
     sources, history, claimed = await sync_to_async(message_answer_start)(user=user, message=message)
 
-    def answer():
-        return aclosing(message_answer(message=message, sources=sources, history=history))
+    def answer(checked: bool = False):
+        return aclosing(message_answer(message=message, sources=sources, history=history, checked=checked))
 
     if not parsed["stream"]:
         if claimed:
@@ -179,9 +179,13 @@ async def ask(request: HttpRequest) -> HttpResponse:
 
     async def events():
         if claimed:
-            async with answer() as pieces:
+            async with answer(checked=True) as pieces:
                 async for piece in pieces:
-                    yield sse_event("token", json.dumps(piece))
+                    if isinstance(piece, verification.Checked):
+                        fields = ("text", "citations", "supported")
+                        yield sse_event("sentence", json.dumps({k: getattr(piece.sentence, k) for k in fields}))
+                    else:
+                        yield sse_event("token", json.dumps(piece))
         yield sse_event("done", json.dumps(await sync_to_async(_message_json)(user, message)))
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")

@@ -149,11 +149,20 @@ def feedback_give(*, user, message: Message, rating: int, comment: str = "") -> 
     return feedback
 
 
-def message_finish(*, message: Message, answer: str, status: str, error: str = "", sources=()) -> Message:
-    """Store the generated answer (or what arrived of it), how it ended, and each sentence's check against `sources`."""
+def message_finish(
+    *, message: Message, answer: str, status: str, error: str = "", sources=(), checked=None
+) -> Message:
+    """Store the generated answer (or what arrived of it), how it ended, and each sentence's check against `sources`.
+
+    `checked`: the decisions already made while the answer streamed (kept as shown), else
+    the answer is checked here.
+    """
     if status == Message.Status.COMPLETE and not answer.strip():
         status, error = Message.Status.FAILED, EMPTY_ANSWER  # never "complete" with nothing to show
-    message.sentences = _checked(answer, list(sources)) if answer.strip() and sources else []
+    if checked:
+        message.sentences = [s.as_json() for s in checked]
+    else:
+        message.sentences = _checked(answer, list(sources)) if answer.strip() and sources else []
     message.answer = answer
     message.status = status
     message.error = error
@@ -180,14 +189,18 @@ EMPTY_ANSWER = "The model server returned an empty answer. The passages it was g
 LOOPING = "Stopped: the model was repeating itself. What it wrote before that is kept."
 
 
-async def message_answer(*, message: Message, sources: list[dict], history=()) -> AsyncIterator[str]:
+async def message_answer(
+    *, message: Message, sources: list[dict], history=(), checked: bool = False
+) -> AsyncIterator[str | verification.Checked]:
     """Stream a claimed message's answer from the model server, then store how it ended.
 
     The one place answers are generated, for the pages' stream and the JSON API alike. It
     stops when the reader presses Stop (a row flag another process may set), keeps what
     arrived when the model server fails or the reader goes away (close this generator, e.g.
     with aclosing, and the model stream is closed too, which ends generation), and never
-    calls the model without a readable source.
+    calls the model without a readable source. Each sentence is checked against the sources
+    as soon as it is whole; with checked=True those decisions (verification.Checked) are
+    yielded among the text pieces, so a page can show them while the answer streams.
     """
     if not sources:
         await sync_to_async(message_finish)(message=message, answer=NO_LONGER_READABLE, status=Message.Status.NO_ANSWER)
@@ -196,15 +209,23 @@ async def message_answer(*, message: Message, sources: list[dict], history=()) -
     status, error = Message.Status.COMPLETE, ""
     next_check = time.monotonic() + STOP_POLL_SECONDS
     guard = verification.RepetitionGuard(settings.KB_LOOP_REPEATS)
+    check = verification.StreamCheck(sources, verification.embed)
+    # Off the event loop: embedding a sentence is CPU work that other streams must not wait for.
+    ready = sync_to_async(check.ready, thread_sensitive=False)
     try:
         async with aclosing(answering.astream_answer(message.question, sources, history)) as stream:
             async for piece in stream:
                 if guard.feed(piece):
                     logger.info("message %s: the model repeats itself; generation stops", message.pk)
                     pieces, status, error = [guard.text[: guard.cut]], Message.Status.INCOMPLETE, LOOPING
+                    check.keep(pieces[0])
                     break  # leaving the block closes the model stream: generation stops
                 pieces.append(piece)
                 yield piece
+                if check.add(piece):
+                    for decided in await ready():
+                        if checked:
+                            yield decided
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + STOP_POLL_SECONDS
                     if await Message.objects.filter(pk=message.pk, stop_requested=True).aexists():
@@ -221,8 +242,12 @@ async def message_answer(*, message: Message, sources: list[dict], history=()) -
             sources=sources,
         )  # fmt: skip
         raise
+    if "".join(pieces).strip():
+        for decided in await ready(final=True):
+            if checked:
+                yield decided
     await sync_to_async(message_finish)(
-        message=message, answer="".join(pieces), status=status, error=error, sources=sources
+        message=message, answer="".join(pieces), status=status, error=error, sources=sources, checked=check.decided
     )
 
 

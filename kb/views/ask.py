@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url, reswap, retarget
 from redis.exceptions import RedisError
 
-from kb import answer_relay, answering, selectors
+from kb import answer_relay, answering, selectors, verification
 from kb.forms import AskForm, FeedbackForm
 from kb.models import Message
 from kb.services import conversations as conversation_services
@@ -213,6 +213,8 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
     if not user.is_authenticated:
         raise Http404
     message, sources, history, claimed = await sync_to_async(_stream_start)(user, pk)
+    # What checked sentences may link to: the sources this reader may read (a follower has none loaded).
+    sources_shown = sources or await sync_to_async(selectors.message_sources)(user=user, message=message)
     last_seen = request.headers.get("Last-Event-ID", "")
     after = last_seen if _ENTRY_ID.fullmatch(last_seen) else "0"
 
@@ -230,10 +232,17 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
         else:
             pieces = None
         if pieces is not None:
+            text = ""  # the answer so far, to tell the draft what is left once a sentence is checked
             try:
                 async with aclosing(pieces):
                     async for entry, piece in pieces:
-                        yield sse_event("token", escape(piece), entry)
+                        if isinstance(piece, verification.Checked):
+                            html = answering.render_sentence(piece.sentence, sources_shown)
+                            yield sse_event("sentence", html + " ", entry)
+                            yield sse_event("draft", escape(text[piece.upto :].lstrip()), entry)
+                        else:
+                            text += piece
+                            yield sse_event("token", escape(piece), entry)
             except RedisError as exc:
                 # Following needs the relay; the final state below still tells where the answer is.
                 logger.warning("message %s: cannot follow its answer: %s", message.pk, exc)
