@@ -145,3 +145,22 @@ def test_ask_with_no_generate_records_nothing(wiki):
 def test_ingest_prints_a_readable_summary(docs):
     out = run("kb_ingest", str(docs), "--collection", "Wiki", "--create", "--inline")
     assert "2 documents: 2 created, 0 updated, 0 unchanged, 0 removed, 0 failed" in out
+
+
+def test_eval_generate_reports_what_kb_vouched_for_with_the_real_model(wiki, model_server, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        '{"q": "When does the database backup run?", "expected": ["ops/backups.md"]}\n'
+        '{"q": "How do I bake sourdough bread?", "expected": []}\n'
+    )
+    report = json.loads(run("kb_eval", str(questions), "--collection", "Wiki", "--generate", "--json"))
+    assert (report["questions"], report["answerable"], report["unanswerable"]) == (2, 1, 1)
+    assert report["abstained_right"] == 1 and report["abstained_wrong"] == 0
+    [answered] = [r for r in report["per_question"] if not r["abstained"]]
+    assert answered["quoted"] and answered["status"] in ("complete", "incomplete", "failed")
+    assert report["statements"] == sum(
+        1 for s in answered["sentences"] if s["citations"] or not s["supported"]
+    )
+    assert report["quoted_ms"]["p50"] > 0
+    text = run("kb_eval", str(questions), "--collection", "Wiki", "--generate")
+    assert "abstained: 1/1 unanswerable, 0/1 answerable" in text

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
+from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 from django.http import Http404
 
 from kb import access, selectors
+from kb.models import Message
+from kb.services.conversations import message_answer, message_answer_start
 
 
 def actor_and_collections(*, username: str | None, names: list[str]):
@@ -22,3 +27,22 @@ def actor_and_collections(*, username: str | None, names: list[str]):
     except Http404 as exc:
         raise CommandError(str(exc)) from None
     return actor, collections
+
+
+def answer_message(actor, message: Message, show) -> None:
+    """Write a pending message's answer through the conversation services, calling show(piece) for each piece.
+
+    async_to_sync: the services' database calls run back on this thread, in its connection
+    (and a test's transaction).
+    """
+    async_to_sync(_answer)(actor, message, show)
+    message.refresh_from_db()
+
+
+async def _answer(actor, message: Message, show) -> None:
+    sources, history, claimed = await sync_to_async(message_answer_start)(user=actor, message=message)
+    if not claimed:
+        return
+    async with aclosing(message_answer(message=message, sources=sources, history=history)) as pieces:
+        async for piece in pieces:
+            show(piece)

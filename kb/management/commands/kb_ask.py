@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import aclosing
 
-from asgiref.sync import async_to_sync, sync_to_async
 from django.core.management.base import BaseCommand
 
 from kb import answering, verification
-from kb.management.cli import actor_and_collections
+from kb.management.cli import actor_and_collections, answer_message
 from kb.models import Message
-from kb.services.conversations import message_answer, message_answer_start, message_ask
+from kb.services.conversations import message_ask
 
 
 class Command(BaseCommand):
@@ -61,10 +59,7 @@ class Command(BaseCommand):
                     self.stdout.write(piece, ending="")
                     self.stdout.flush()
 
-            # async_to_sync: the services' database calls run back on this thread, in its
-            # connection (and a test's transaction).
-            async_to_sync(_answer)(actor, message, show)
-            message.refresh_from_db()
+            answer_message(actor, message, show)
             answer, sentences = message.answer, message.sentences
             abstained = message.status == Message.Status.NO_ANSWER
             if message.status in (Message.Status.FAILED, Message.Status.INCOMPLETE):
@@ -121,13 +116,3 @@ class Command(BaseCommand):
 
 def _quoted(extractive: dict) -> str:
     return "\n".join(f"  {q['text']} " + "".join(f"[{n}]" for n in q["citations"]) for q in extractive["sentences"])
-
-
-async def _answer(actor, message: Message, show) -> None:
-    """Stream a pending message's answer through the conversation services, showing each piece."""
-    sources, history, claimed = await sync_to_async(message_answer_start)(user=actor, message=message)
-    if not claimed:
-        return
-    async with aclosing(message_answer(message=message, sources=sources, history=history)) as pieces:
-        async for piece in pieces:
-            show(piece)

@@ -1,4 +1,5 @@
-"""Measure retrieval on a set of questions: hit@1, hit@k and MRR@k of each mode, and latency.
+"""Measure retrieval on a set of questions: hit@1, hit@k and MRR@k of each mode, and latency;
+with --generate, the whole answer path (kb.management.generation_eval).
 
 Each line of QUESTIONS is {"q": "...", "expected": ["source path", ...]}; a question with an
 empty `expected` has no answer in the collection and counts only towards the no-answer
@@ -17,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from kb import retrieval
 from kb.management.cli import actor_and_collections
+from kb.management.generation_eval import evaluate_generation, print_generation
 
 MODES = ("dense", "keyword", "hybrid")
 STAGES = ("embed_ms", "dense_ms", "keyword_ms", "fuse_ms", "total_ms")
@@ -120,14 +122,26 @@ class Command(BaseCommand):
         parser.add_argument("--mode", action="append", choices=MODES, help="only these modes (default: all three)")
         parser.add_argument("--user", metavar="USERNAME", help="evaluate with this user's access (default: operator)")
         parser.add_argument("--json", action="store_true", help="print the figures and each question's ranks as JSON")
+        parser.add_argument("--generate", action="store_true",
+                            help="run the real answer path (TGI_URL's model) and report what kb vouched for")
+        parser.add_argument("--limit", type=int, default=None, metavar="N",
+                            help="with --generate: N answerable (and N/5 unanswerable) questions")  # fmt: skip
 
-    def handle(self, *args, questions, collection, k, mode, user, json: bool, **options):
+    def handle(self, *args, questions, collection, k, mode, user, json: bool, generate: bool, limit, **options):
         if k < 1:
             raise CommandError("--k must be at least 1.")
         path = Path(questions)
         if not path.is_file():
             raise CommandError(f"{questions}: no such file.")
         actor, collections = actor_and_collections(username=user, names=collection)
+        if generate:
+            report = evaluate_generation(user=actor, questions=load_questions(path), collections=collections,
+                                         limit=limit)  # fmt: skip
+            if json:
+                self.stdout.write(jsonlib.dumps(report, indent=2))
+            else:
+                print_generation(self.stdout.write, report)
+            return
         report = evaluate(
             user=actor, questions=load_questions(path), collection_ids=[c.pk for c in collections], k=k,
             modes=tuple(mode or MODES),
