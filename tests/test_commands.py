@@ -137,6 +137,20 @@ def test_ask_stores_the_generated_answer_in_a_conversation(wiki, model_server):
     assert [s["n"] for s in message.sources] == [s["rank"] for s in record["sources"]]
 
 
+def test_ask_json_has_the_mode_the_checks_and_whether_kb_abstained(wiki, model_server):
+    record = json.loads(run("kb_ask", "When does the database backup run?", "--collection", "Wiki", "--json"))
+    assert (record["mode"], record["abstained"]) == ("auto", False)
+    assert record["extractive"][0]["citations"] == [1]
+    assert record["extractive"][0]["text"].startswith("The database backup runs nightly at 02:00")
+    for sentence in record["sentences"]:
+        assert set(sentence) == {"text", "citations", "supported"}
+        assert sentence["supported"] or sentence["citations"] == []  # never cited when not supported
+        assert set(sentence["citations"]) <= {s["rank"] for s in record["sources"]}
+    retrieval_only = json.loads(run("kb_ask", "How do I bake sourdough?", "--collection", "Wiki", "--no-generate",
+                                    "--json"))  # fmt: skip
+    assert (retrieval_only["mode"], retrieval_only["abstained"], retrieval_only["sentences"]) == ("retrieval", True, [])
+
+
 def test_ask_with_no_generate_records_nothing(wiki):
     run("kb_ask", "when does the backup run", "--collection", "Wiki", "--no-generate", "--json")
     assert not Message.objects.exists()

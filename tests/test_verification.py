@@ -100,3 +100,26 @@ def test_the_repetition_guard_trips_on_the_third_repeat(pieces, loops):
     assert any(guard.feed(p) for p in pieces) == loops
     if loops:
         assert guard.text[: guard.cut].count(pieces[1].strip()) == 1
+
+
+def test_a_stream_check_whose_embedding_model_fails_vouches_for_nothing_and_keeps_going():
+    from ingestion.errors import EmbedderUnavailable
+
+    def unavailable(texts):
+        raise EmbedderUnavailable("The embedding server did not answer.")
+
+    check = v.StreamCheck(SOURCES, unavailable)
+    check.add("The backup runs nightly at 02:00 UTC [1]. It keeps fourteen copies [1].")
+    decided = [c.sentence for c in check.ready(final=True)]
+    assert [(s.supported, s.citations) for s in decided] == [(False, []), (False, [])]
+
+
+def test_a_stream_check_decides_each_sentence_once_as_it_completes():
+    check = v.StreamCheck(SOURCES, v.embed)
+    assert not check.add("The backup runs nightly at 02:00 UTC")
+    assert check.add(". It keeps")
+    [first] = check.ready()
+    assert first.sentence.text == "The backup runs nightly at 02:00 UTC." and first.sentence.supported
+    check.add(" fourteen copies.")
+    assert [c.sentence.text for c in check.ready(final=True)] == ["It keeps fourteen copies."]
+    assert len(check.decided) == 2

@@ -18,7 +18,6 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from ingestion.errors import EmbedderUnavailable
 from kb import access, answering, llm, retrieval, selectors, verification
 from kb.models import Collection, Conversation, Feedback, Message
 
@@ -172,13 +171,9 @@ def message_finish(
 
 
 def _checked(answer: str, sources: list[dict]) -> list[dict]:
-    try:
-        decided = verification.verify(answer, sources, verification.embed)
-    except EmbedderUnavailable as exc:
-        # Without the embedding model only the lexical evidence is left: kb vouches for nothing.
-        logger.warning("answer not checked against its sources, the embedding model is unavailable: %s", exc)
-        decided = verification.verify(answer, sources, None)
-    return [s.as_json() for s in decided]
+    check = verification.StreamCheck(sources, verification.embed)
+    check.add(answer)
+    return [s.as_json() for s in (c.sentence for c in check.ready(final=True))]
 
 
 # How often a running answer looks for a Stop request, in seconds.

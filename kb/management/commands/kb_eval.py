@@ -130,6 +130,8 @@ class Command(BaseCommand):
     def handle(self, *args, questions, collection, k, mode, user, json: bool, generate: bool, limit, **options):
         if k < 1:
             raise CommandError("--k must be at least 1.")
+        if limit is not None and limit < 1:
+            raise CommandError("--limit must be at least 1.")
         path = Path(questions)
         if not path.is_file():
             raise CommandError(f"{questions}: no such file.")
