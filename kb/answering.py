@@ -56,7 +56,12 @@ def retrieve_sources(*, user, question: str, collections, top_k: int | None = No
     result = retrieval.search(user=user, query=question, collection_ids=[c.pk for c in collections], top_k=top_k)
     if not result.relevant:
         return [], result
-    return [_source_entry(n, hit) for n, hit in enumerate(result.hits, start=1)], result
+    return sources_of(result), result
+
+
+def sources_of(result: retrieval.Result) -> list[dict]:
+    """A search's hits as numbered sources, best first."""
+    return [_source_entry(n, hit) for n, hit in enumerate(result.hits, start=1)]
 
 
 def system_prompt() -> str:

@@ -85,3 +85,13 @@ def test_expected_sources_match_across_a_folder_prefix_and_ignore_anchors():
     assert same_source("ops/backups.md", "./handbook/ops/backups.md")
     assert not same_source("ops/backups.md", "backups.md.bak")
     assert not same_source("ops/old-backups.md", "backups.md")
+
+
+def test_eval_scores_each_question_s_quoted_answer_and_prints_its_calibration(questions):
+    report = json.loads(run_eval(str(questions), "--collection", "handbook", "--json", "--mode", "hybrid"))
+    scores = {q["q"]: q["quote_score"] for q in report["per_question"]}
+    assert scores["how many unused vacation days carry over?"] > 0.5
+    answerable = [q["quote_score"] for q in report["per_question"] if q["expected"]]
+    assert all(0 < s <= 1 for s in answerable)
+    text = run_eval(str(questions), "--collection", "handbook", "--mode", "hybrid")
+    assert "quote score below  refuses unanswerable  refuses answerable" in text

@@ -16,7 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from kb import retrieval
+from kb import answering, retrieval, verification
 from kb.management.cli import actor_and_collections
 from kb.management.generation_eval import evaluate_generation, print_generation
 
@@ -92,7 +92,7 @@ def evaluate(*, user, questions: list[dict], collection_ids: list[int], k: int, 
             if mode == modes[-1]:
                 report["per_question"].append({
                     "q": item["q"], "expected": item["expected"], "rank": rank, "relevant": result.relevant,
-                    "best_similarity": result.best_similarity,
+                    "best_similarity": result.best_similarity, "quote_score": _quote_score(item["q"], result),
                     "top": [h.chunk.document.source_path for h in result.hits],
                 })  # fmt: skip
         n = max(1, len(ranks))
@@ -110,6 +110,14 @@ def evaluate(*, user, questions: list[dict], collection_ids: list[int], k: int, 
             },
         }
     return report
+
+
+def _quote_score(question: str, result: retrieval.Result) -> float | None:
+    """How well the best sentence of the passages the prompt would get answers the question (cosine)."""
+    if not result.hits:
+        return None
+    sources = answering.fit_to_budget(answering.sources_of(result), settings.KB_CONTEXT_TOKENS)
+    return verification.extract(question, sources, verification.embed)["score"]
 
 
 class Command(BaseCommand):
@@ -171,11 +179,28 @@ class Command(BaseCommand):
                 f"{lat['p50']:>7.1f} {lat['p95']:>7.1f}"
             )
         self._print_calibration(report)
+        self._print_quote_calibration(report)
         self.stdout.write("\nRetrieval latency per stage, ms (p50 / p95):")
         for mode, m in report["modes"].items():
             parts = [f"{stage[:-3]} {m['latency_ms'][stage]['p50']:.1f} / {m['latency_ms'][stage]['p95']:.1f}"
                      for stage in STAGES]  # fmt: skip
             self.stdout.write(f"  {mode:<8} " + ", ".join(parts))
+
+    def _print_quote_calibration(self, report: dict) -> None:
+        """What refusing below a quote score would do (retrieval's own refusals counted in)."""
+        rows = report["per_question"]
+        if not any(q["quote_score"] is not None for q in rows):
+            return
+        self.stdout.write("\nquote score below  refuses unanswerable  refuses answerable   (with KB_MIN_SIMILARITY)")
+        for step in range(0, 9):
+            t = 0.30 + step * 0.025  # 0.30 ... 0.50
+            refused = [not q["relevant"] or (q["quote_score"] or 0) < t for q in rows]
+            unanswerable = sum(r for r, q in zip(refused, rows, strict=True) if not q["expected"])
+            answerable = sum(r for r, q in zip(refused, rows, strict=True) if q["expected"])
+            self.stdout.write(
+                f"{t:>17.3f}  {unanswerable:>9}/{sum(1 for q in rows if not q['expected']):<11}"
+                f"{answerable:>9}/{sum(1 for q in rows if q['expected'])}"
+            )
 
     def _print_calibration(self, report: dict) -> None:
         """What other KB_MIN_SIMILARITY values would refuse, from the hybrid run's closest similarities."""
