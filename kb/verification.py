@@ -64,7 +64,7 @@ _STOPWORDS = frozenset(
     off on once only or other our out over own same she should so some such than that the their them then there
     these they this those through to too under until up use used using very was we were what when where which
     while who whom why will with would you your yes can't don't isn't it's knowledge base sources source
-    answer question""".split()
+    answer question here's there's that's let's what's example examples following below above follows""".split()
 )
 
 
@@ -119,6 +119,8 @@ def identifiers(text: str) -> set[str]:
         value = value.strip().rstrip(".,;:")
         if value.endswith("()"):
             value = value[:-2]
+        if "." in value and all(len(part) <= 1 for part in value.split(".")):
+            continue  # an abbreviation (i.e., e.g.), not a dotted name
         if len(value) > 1 or value.isdigit():
             found.add(value)
     return found

@@ -123,3 +123,12 @@ def test_a_stream_check_decides_each_sentence_once_as_it_completes():
     check.add(" fourteen copies.")
     assert [c.sentence.text for c in check.ready(final=True)] == ["It keeps fourteen copies."]
     assert len(check.decided) == 2
+
+
+def test_abbreviations_are_not_taken_for_dotted_names():
+    assert v.identifiers("It keeps copies, i.e. fourteen of them, e.g. for audits; see os.path.") == {"os.path"}
+
+
+def test_a_connective_is_neither_claimed_nor_cited(decide):
+    [sentence] = decide("Here's an example:")
+    assert sentence.supported and sentence.citations == [] and sentence.score == 0.0
