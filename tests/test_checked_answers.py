@@ -9,7 +9,7 @@ from django.test import Client
 from django.urls import reverse
 
 from kb.models import Message
-from kb.services.conversations import EMPTY_ANSWER, LOOPING, NO_SOURCE_ANSWER, message_ask
+from kb.services.conversations import EMPTY_ANSWER, LOOPING, NO_SOURCE_ANSWER, message_ask, message_quote
 from kb.services.tokens import api_token_create
 from tests.corpus import BACKUPS
 from tests.factories import add_document, ask, make_collection, make_user
@@ -28,8 +28,21 @@ def _page(user, message) -> str:
     return client.get(message.conversation.get_absolute_url()).content.decode()
 
 
-def test_the_quoted_answer_is_ready_when_the_question_is_recorded_before_any_model_call():
-    user, message = ask("When does the database backup run?")
+def _ask_on_the_page(question: str):
+    """Ask as a reader does, through the collection page's form: (user, message)."""
+    user = make_user()
+    collection = make_collection(viewer=[user])
+    add_document(collection, "backups.md", BACKUPS)
+    client = Client()
+    client.force_login(user)
+    response = client.post(reverse("collection_ask", args=[collection.pk]), {"question": question})
+    assert response.status_code in (200, 302)
+    return user, Message.objects.get(question=question)
+
+
+def test_the_quoted_answer_is_on_the_page_the_ask_returns_before_any_model_output(settings):
+    settings.TGI_URL = "http://127.0.0.1:9"  # nothing listens: no model output can have arrived
+    user, message = _ask_on_the_page("When does the database backup run?")
     assert message.mode == "auto" and message.status == Message.Status.PENDING
     [quoted] = message.extractive["sentences"]
     assert quoted["text"] == "The database backup runs nightly at 02:00 and keeps fourteen copies."
@@ -38,10 +51,20 @@ def test_the_quoted_answer_is_ready_when_the_question_is_recorded_before_any_mod
     assert "From the sources" in html and "runs nightly at 02:00" in html
 
 
-def test_with_the_model_server_down_the_quoted_answer_still_shows(settings):
+def test_the_quote_is_worked_out_after_the_model_was_asked_so_it_costs_the_first_token_nothing():
     user, message = ask("When does the database backup run?")
+    assert message.extractive == {}  # message_ask asks no embedding of the quote before the model starts
+    assert message_quote(user=user, message=message).extractive["sentences"]
+    message.refresh_from_db()
+    assert message.extractive["sentences"][0]["citations"] == [1]
+    with pytest.raises(PermissionError):
+        message_quote(user=make_user(), message=message)
+
+
+def test_with_the_model_server_down_the_quoted_answer_still_shows(settings):
     with failing_model_server(Behaviour(status=503)) as (url, _):
         settings.TGI_URL = url
+        user, message = _ask_on_the_page("When does the database backup run?")
         events = read_stream(user, message)
     message.refresh_from_db()
     assert message.status == Message.Status.FAILED

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from kb import access, answering, selectors, verification
 from kb.api.auth import token_required
 from kb.models import Message, Role
-from kb.services.conversations import message_answer, message_answer_start, message_ask
+from kb.services.conversations import message_answer, message_answer_start, message_ask, message_quote
 from kb.services.documents import document_upload
 from kb.sse import sse_event
 
@@ -174,6 +174,7 @@ async def ask(request: HttpRequest) -> HttpResponse:
             async with answer() as pieces:
                 async for _ in pieces:
                     pass
+        await sync_to_async(message_quote)(user=user, message=message)
         await message.arefresh_from_db()
         return JsonResponse(await sync_to_async(_message_json)(user, message))
 
@@ -186,6 +187,7 @@ async def ask(request: HttpRequest) -> HttpResponse:
                         yield sse_event("sentence", json.dumps({k: getattr(piece.sentence, k) for k in fields}))
                     else:
                         yield sse_event("token", json.dumps(piece))
+        await sync_to_async(message_quote)(user=user, message=message)
         yield sse_event("done", json.dumps(await sync_to_async(_message_json)(user, message)))
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")

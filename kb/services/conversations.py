@@ -38,17 +38,20 @@ def _validate_question(question: str) -> str:
 
 
 def _retrieve_into(message: Message, *, user, collections, top_k: int | None) -> retrieval.Result:
-    """Fill a message's sources and extractive answer, or answer it at once when none is found.
+    """Fill a message's sources, or answer it at once when none is found.
 
-    In extractive mode the quoted sentences are the answer, and no model is called.
+    In extractive mode the quoted sentences are the answer, worked out here, and no model is
+    called. In the other modes the quote is message_quote's, called once the model has
+    started: it then costs the first token nothing.
     """
     sources, result = answering.retrieve_sources(
         user=user, question=message.search_query or message.question, collections=collections, top_k=top_k
     )
     message.sources = answering.fit_to_budget(sources, settings.KB_CONTEXT_TOKENS)
     message.mode = settings.KB_ANSWER_MODE
-    message.extractive = verification.extract(message.question, message.sources, verification.embed)
-    message.sentences = []
+    message.extractive, message.sentences = {}, []
+    if message.sources and message.mode == "extractive":
+        message.extractive = _quote(message)
     if not message.sources or (message.mode == "extractive" and not message.extractive["sentences"]):
         # Nothing readable answers it: say so plainly and never call the model.
         message.status = Message.Status.NO_ANSWER
@@ -62,6 +65,25 @@ def _retrieve_into(message: Message, *, user, collections, top_k: int | None) ->
         message.status = Message.Status.COMPLETE
         message.finished_at = timezone.now()
     return result
+
+
+def _quote(message: Message) -> dict:
+    return verification.extract(message.question, message.sources, verification.embed)
+
+
+def message_quote(*, user, message: Message) -> Message:
+    """Work out and store a message's quoted (extractive) answer, if it has none yet.
+
+    Called by the pages right after the model was asked, so the quote is worked out while the
+    model reads its prompt and is on the page before the model's first word.
+    """
+    if not access.can_use_conversation(user, message.conversation):
+        raise PermissionError("Only the person who asked can see this answer.")
+    if message.extractive or not message.sources:
+        return message
+    message.extractive = _quote(message)
+    Message.objects.filter(pk=message.pk).update(extractive=message.extractive)
+    return message
 
 
 def message_ask(

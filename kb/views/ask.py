@@ -22,7 +22,7 @@ from kb import answer_relay, answering, selectors, verification
 from kb.forms import AskForm, FeedbackForm
 from kb.models import Message
 from kb.services import conversations as conversation_services
-from kb.services.conversations import feedback_give, message_answer_start, message_ask
+from kb.services.conversations import feedback_give, message_answer_start, message_ask, message_quote
 from kb.sse import sse_event
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,9 @@ def _ask(request: HttpRequest, *, collections, conversation=None) -> tuple[Messa
     except ValidationError as exc:
         return None, _invalid(request, exc.messages)
     # The model starts on the answer now, while the browser loads the page and connects to
-    # its stream (kb.answer_relay).
+    # its stream (kb.answer_relay); the quoted answer is worked out meanwhile.
     answer_relay.start_early(request.user, message)
+    message_quote(user=request.user, message=message)
     return message, None
 
 
@@ -165,6 +166,7 @@ def message_regenerate(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         return _invalid(request, exc.messages, target=f"#message-{message.pk} .message-error")
     answer_relay.start_early(request.user, message)
+    message_quote(user=request.user, message=message)
     if request.htmx:
         return TemplateResponse(
             request, "kb/conversation_detail.html#message", {"item": _message_context(request.user, message)}

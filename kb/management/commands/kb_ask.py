@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand
 from kb import answering, verification
 from kb.management.cli import actor_and_collections, answer_message
 from kb.models import Message
-from kb.services.conversations import message_ask
+from kb.services.conversations import message_ask, message_quote
 
 
 class Command(BaseCommand):
@@ -47,6 +47,7 @@ class Command(BaseCommand):
             # refused, answered and stored by the same services.
             message, _ = message_ask(user=actor, question=question, collections=collections, top_k=top_k)
             retrieve_ms = (time.perf_counter() - started) * 1000
+            message = message_quote(user=actor, message=message)  # shown first, as on the page
             sources, extractive, mode = message.sources, message.extractive, message.mode
             if not as_json and mode == "auto" and extractive.get("sentences"):
                 self.stdout.write("From the sources:\n" + _quoted(extractive) + "\n\nWritten by the model:")
