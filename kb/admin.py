@@ -1,10 +1,11 @@
 """The Django admin for staff. Every change it makes goes through the services, so the admin
 leaves the same audit records, stored-file clean-up and access-cache resets as the pages."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
-from kb import access
+from kb import access, selectors
 from kb.models import ApiToken, AuditEvent, Collection, CollectionGrant, Conversation, Document, Feedback, Message
 from kb.services.collections import (
     collection_create,
@@ -69,8 +70,18 @@ class GrantInline(admin.TabularInline):
     has_add_permission = has_change_permission = has_delete_permission = has_view_permission
 
 
+class CollectionAdminForm(forms.ModelForm):
+    def clean_name(self) -> str:
+        # The services' rule (unique ignoring case), refused here as a form error.
+        name = self.cleaned_data["name"].strip()
+        if problem := selectors.collection_name_problem(name=name, exclude_pk=self.instance.pk):
+            raise ValidationError(problem)
+        return name
+
+
 @admin.register(Collection)
 class CollectionAdmin(StaffAdmin):
+    form = CollectionAdminForm
     list_display = ["name", "open_to_all", "embedding_model", "created_by", "created_at"]
     list_filter = ["open_to_all"]
     search_fields = ["name"]

@@ -47,6 +47,20 @@ def collection_list_picked(*, user, ids) -> list[Collection]:
     return list(readable.filter(pk__in=picked) if picked else readable)
 
 
+def collection_name_problem(*, name: str, exclude_pk: int | None = None) -> str | None:
+    """What is wrong with a collection name, or None: names are unique ignoring case.
+
+    Asked by the services before they write and by the admin's form, so both refuse alike.
+    """
+    name = name.strip()
+    if not name:
+        return "A collection needs a name."
+    taken = Collection.objects.filter(name__iexact=name)
+    if exclude_pk is not None:
+        taken = taken.exclude(pk=exclude_pk)
+    return f"A collection named {name!r} already exists." if taken.exists() else None
+
+
 def collection_get(*, user, pk: int, minimum: Role = Role.VIEWER) -> Collection:
     """The collection if the user holds at least `minimum` on it, else 404."""
     try:
@@ -140,11 +154,6 @@ def _progress(counts: dict, created_at) -> BatchProgress:
     )  # fmt: skip
 
 
-def batch_progress(*, batch: UploadBatch) -> BatchProgress:
-    """Where a batch stands: counts per status, the share done, and the time left at the rate so far."""
-    return _progress(Document.objects.filter(batch=batch).aggregate(**_progress_counts()), batch.created_at)
-
-
 def batch_overview(*, user, collection: Collection, limit: int = 3, unfinished: int = 50) -> list[UploadBatch]:
     """The collection's latest batches, each with `progress` (BatchProgress) and `unfinished` (documents).
 
@@ -167,13 +176,6 @@ def batch_overview(*, user, collection: Collection, limit: int = 3, unfinished: 
         batch.progress = _progress(counts.get(batch.pk, empty), batch.created_at)
         batch.unfinished = sorted(pending[batch.pk], key=lambda d: (order.get(d.status, 2), d.source_path))
     return batches
-
-
-def batch_documents(*, batch: UploadBatch, limit: int = 200):
-    """The batch's documents, unfinished first, then failed, then the rest."""
-    order = {Document.Status.PROCESSING: 0, Document.Status.QUEUED: 1, Document.Status.FAILED: 2}
-    documents = list(Document.objects.filter(batch=batch)[:limit])
-    return sorted(documents, key=lambda d: (order.get(d.status, 3), d.source_path))
 
 
 def batch_document_list(*, user, batch: UploadBatch):

@@ -79,3 +79,23 @@ def test_people_who_are_not_staff_cannot_use_the_admin(client):
     client.force_login(make_user("someone"))
     response = client.get(reverse("admin:kb_collectiongrant_changelist"))
     assert response.status_code == 302 and "login" in response["Location"]
+
+
+def test_a_collection_name_taken_in_another_case_is_a_form_error_in_the_admin(client, staff):
+    make_collection("Handbook")
+    response = client.post(reverse("admin:kb_collection_add"), {
+        "name": "handbook", "description": "", "grants-TOTAL_FORMS": "0", "grants-INITIAL_FORMS": "0",
+    })  # fmt: skip
+    assert response.status_code == 200
+    assert "A collection named &#x27;handbook&#x27; already exists." in response.content.decode()
+    assert Collection.objects.filter(name__iexact="handbook").count() == 1
+
+
+def test_a_collection_added_in_the_admin_is_owned_by_its_creator_and_audited(client, staff):
+    response = client.post(reverse("admin:kb_collection_add"), {
+        "name": "Runbooks", "description": "", "grants-TOTAL_FORMS": "0", "grants-INITIAL_FORMS": "0",
+    })  # fmt: skip
+    assert response.status_code == 302, response.content.decode()[:2000]
+    collection = Collection.objects.get(name="Runbooks")
+    assert CollectionGrant.objects.get(collection=collection).user == staff
+    assert [(e.actor, e.target) for e in _audit("collection.create")] == [(staff, "Runbooks")]

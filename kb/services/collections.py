@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from kb import access
+from kb import access, selectors
 from kb.audit import audit_record
 from kb.models import Collection, CollectionGrant, Document, Role
 
@@ -24,10 +24,8 @@ def _principal(user, group) -> str:
 def collection_create(*, user, name: str, description: str = "", open_to_all: bool = False) -> Collection:
     """Create a collection and make its creator its owner."""
     name = name.strip()
-    if not name:
-        raise ValidationError("A collection needs a name.")
-    if Collection.objects.filter(name__iexact=name).exists():
-        raise ValidationError(f"A collection named {name!r} already exists.")
+    if problem := selectors.collection_name_problem(name=name):
+        raise ValidationError(problem)
     collection = Collection.objects.create(name=name, description=description, created_by=user, open_to_all=open_to_all)
     if user is not None and user.is_authenticated:
         CollectionGrant.objects.create(collection=collection, user=user, role=Role.OWNER)
@@ -43,10 +41,8 @@ def collection_update(
     """Rename a collection, change its description or whether every signed-in user reads it."""
     _require_manage(actor, collection)
     name = name.strip()
-    if not name:
-        raise ValidationError("A collection needs a name.")
-    if Collection.objects.filter(name__iexact=name).exclude(pk=collection.pk).exists():
-        raise ValidationError(f"A collection named {name!r} already exists.")
+    if problem := selectors.collection_name_problem(name=name, exclude_pk=collection.pk):
+        raise ValidationError(problem)
     changes = {}
     if name != collection.name:
         changes["name"] = [collection.name, name]
