@@ -142,17 +142,22 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
+    if not args.root.is_dir():
+        parser.error(f"{args.root}: no such folder. Lay out the manual first (docs/benchmarks.md, 'To rebuild').")
     pages = passages(args.root)
+    odd = sum(1 for p in pages if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 2)
+    if min(odd, len(pages) - odd) < 2:
+        parser.error(f"{args.root}: too few readable HTML pages (with two passages each) for two halves of pairs.")
     half = {p: int(hashlib.sha256(p.encode()).hexdigest(), 16) % 2 for p in pages}
     dev = features(make_pairs({p: t for p, t in pages.items() if half[p] == 0}, args.pairs, seed=1))
     held = features(make_pairs({p: t for p, t in pages.items() if half[p] == 1}, args.pairs, seed=2))
     grid = itertools.product([x / 100 for x in range(50, 86, 2)], [x / 100 for x in range(35, 61, 5)],
                              [x / 10 for x in range(4, 9)])  # fmt: skip
     # Most claims vouched for, among the settings that vouch for few false ones on the dev half.
-    best = max(
-        (g for g in grid if score(dev, *g)["false_support"] <= args.max_false_support),
-        key=lambda g: (score(dev, *g)["recall"], -score(dev, *g)["false_support"]),
-    )
+    allowed = [g for g in grid if score(dev, *g)["false_support"] <= args.max_false_support]
+    if not allowed:
+        sys.exit(f"No thresholds in the grid keep false support at or under {args.max_false_support} on the dev half.")
+    best = max(allowed, key=lambda g: (score(dev, *g)["recall"], -score(dev, *g)["false_support"]))
     current = (v.SUPPORT_COSINE, v.SUPPORT_COSINE_WITH_WORDS, v.SUPPORT_WORDS)
     result = {
         "pages": len(pages),
