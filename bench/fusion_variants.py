@@ -44,7 +44,7 @@ def run_legs(collection_name: str, questions: str):
     for item in question_set.answerable(questions):
         vector = retrieval.embed_query(item["q"])
         legs.append((item, retrieval.dense_leg(chunks, vector, CANDIDATES),
-                     retrieval.keyword_leg(chunks, item["q"], CANDIDATES)))  # fmt: skip
+                     retrieval.keyword_leg(chunks, item["q"], CANDIDATES, collection_ids=[collection.pk])))  # fmt: skip
     by_pk = chunks.select_related("document").in_bulk({pk for _, d, kw in legs for pk, _ in d + kw})
     return legs, by_pk
 

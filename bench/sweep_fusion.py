@@ -34,10 +34,11 @@ def main() -> None:
     items = question_set.answerable(args.questions)
     max_candidates = 80
     legs = []
+    scope = [collection.pk]
     for item in items:
         vector = retrieval.embed_query(item["q"])
         legs.append((retrieval.dense_leg(chunks, vector, max_candidates),
-                     retrieval.keyword_leg(chunks, item["q"], max_candidates)))  # fmt: skip
+                     retrieval.keyword_leg(chunks, item["q"], max_candidates, collection_ids=scope)))  # fmt: skip
     by_pk = chunks.select_related("document").in_bulk({pk for dense, keyword in legs for pk, _ in dense + keyword})
     k = args.k
     print(f"{len(items)} answerable questions, k={k}")

@@ -316,12 +316,24 @@ class Chunk(models.Model):
     # under a new generation beside the ones in use; they stay invisible until the collection
     # switches to that generation in one transaction (ingestion.store.collection_reindex_finish).
     generation = models.BigIntegerField()
-    # Headings weigh as label A and body text as D, so ts_rank_cd (KB_FTS_WEIGHTS) favours
-    # a passage whose section is about the words over one that mentions them in passing.
+    # Headings are label A and body text D, so BM25 may count a heading word more
+    # (KB_BM25_HEADING_WEIGHT): a passage whose section is about the words ranks above one
+    # that mentions them in passing.
     search_vector = models.GeneratedField(
         expression=SearchVector("heading_path", weight="A", config=settings.KB_FTS_CONFIG)
         + SearchVector("text", weight="D", config=settings.KB_FTS_CONFIG),
         output_field=SearchVectorField(),
+        db_persist=True,
+    )
+    # Lexeme occurrences in search_vector: BM25's document length. From the same expression,
+    # as a generated column cannot read another; kb_tsvector_length is made in migration 0011.
+    search_length = models.GeneratedField(
+        expression=Func(
+            SearchVector("heading_path", weight="A", config=settings.KB_FTS_CONFIG)
+            + SearchVector("text", weight="D", config=settings.KB_FTS_CONFIG),
+            function="kb_tsvector_length",
+        ),
+        output_field=models.BigIntegerField(),
         db_persist=True,
     )
 
@@ -464,6 +476,40 @@ class ApiToken(models.Model):
     def digest_of(raw: str) -> str:
         """What is stored of a token: its SHA-256, so a leaked table holds no usable token."""
         return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class KeywordTerm(models.Model):
+    """How many live-or-staged chunks of a collection's generation hold a lexeme: BM25's document frequency.
+
+    Written only by Postgres triggers on kb_chunk (migration 0011), in the transaction that
+    writes or deletes the chunks, so the keyword leg's IDF is never out of date and no code
+    path that replaces chunks can forget it. Not a foreign key: chunk deletions cascading
+    from a collection decrement these rows while the collection goes.
+    """
+
+    pk = models.CompositePrimaryKey("collection_id", "generation", "lexeme")
+    collection_id = models.BigIntegerField()
+    generation = models.BigIntegerField()
+    lexeme = models.TextField()
+    df = models.IntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.lexeme} in {self.df} chunks of collection {self.collection_id}"
+
+
+class KeywordTotal(models.Model):
+    """Chunks, sections and lexeme occurrences per collection generation: BM25's N and average
+    lengths, of chunks and of sections (a document's chunks under one heading path). Trigger-kept."""
+
+    pk = models.CompositePrimaryKey("collection_id", "generation")
+    collection_id = models.BigIntegerField()
+    generation = models.BigIntegerField()
+    chunks = models.BigIntegerField()
+    length = models.BigIntegerField()
+    sections = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"collection {self.collection_id} generation {self.generation}: {self.chunks} chunks"
 
 
 class AuditEvent(models.Model):

@@ -27,6 +27,7 @@ from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, VectorField
 
 from ingestion.spec import EmbedSpec
+from kb import abstention, rerank
 from kb.models import Chunk
 
 
@@ -41,6 +42,8 @@ class Hit:
     # first one is `chunk`, which citations point at); `text` is their text without overlap.
     chunks: list[Chunk] = field(default_factory=list)
     text: str = ""
+    # The reranker's relevance (KB_RERANK_URL), when it re-ordered the passages.
+    rerank_score: float | None = None
 
     def __post_init__(self) -> None:
         if not self.chunks:
@@ -55,13 +58,16 @@ class Timings:
     dense_ms: float = 0.0
     keyword_ms: float = 0.0
     fuse_ms: float = 0.0
+    rerank_ms: float = 0.0
+    judge_ms: float = 0.0
     # Wall-clock time of the whole search: less than the stages' sum, since the question is
     # embedded while the full-text leg runs.
     wall_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
-        return self.wall_ms or self.embed_ms + self.dense_ms + self.keyword_ms + self.fuse_ms
+        stages = self.embed_ms + self.dense_ms + self.keyword_ms + self.fuse_ms + self.rerank_ms + self.judge_ms
+        return self.wall_ms or stages
 
 
 @dataclass
@@ -70,9 +76,12 @@ class Result:
     timings: Timings = field(default_factory=Timings)
     # Cosine similarity of the closest readable chunk (None when the dense leg did not run).
     best_similarity: float | None = None
-    # False when nothing relevant was found: no readable chunk matched, or even the closest
-    # one is less similar than KB_MIN_SIMILARITY. Then no model should be asked.
+    # False when nothing relevant was found (kb.abstention.judge): no readable chunk matched,
+    # or the evidence says the passages do not answer the question. Then no model is asked.
     relevant: bool = True
+    # Whether the reranker ordered the hits (off, failed, or another mode than hybrid: False).
+    reranked: bool = False
+    evidence: abstention.Evidence = field(default_factory=abstention.Evidence)
 
 
 def _ms(start: float) -> float:
@@ -172,60 +181,138 @@ def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]
     return [(pk, 1.0 - dist) for pk, dist in rows]
 
 
-# The keyword leg in one statement: the question's lexemes, the count of chunks searched,
-# each word's document frequency and the ranking, without four round trips and four ORM
-# compilations (bench/ttft.py: the full-text leg was two thirds of retrieval). Raw SQL
-# because the ranking sums one ts_rank_cd per word over a set of words the database
-# decides; `scope` is the caller's queryset (access, collections, live generation) as SQL.
-_KEYWORD_SQL = """
+# Okapi BM25 in one statement, inside Postgres, scored as Lucene does: IDF is
+# ln(1 + (N - df + 0.5) / (df + 0.5)), never negative, and there is no (k1 + 1) factor, which
+# would change no order. Why not an extension: none of the BM25 extensions (pg_search,
+# VectorChord-bm25, pg_textsearch) ships with the embedded Postgres or the pgvector image.
+# The GIN index finds the candidate chunks; each candidate's tsvector gives its term
+# frequencies (positions per lexeme; heading positions, label A, may count more:
+# KB_BM25_HEADING_WEIGHT) and its length. N, the average chunk and section lengths and each
+# word's document frequency come from kb_keywordterm / kb_keywordtotal, which triggers keep
+# in step with the chunks (migration 0011), summed over the collections searched and their
+# live generation: IDF is that of what the user may read and asked to search, nothing else.
+# A chunk's score adds KB_BM25_SECTION_WEIGHT times the BM25 of its whole section, scored
+# as one text with the chunks' IDF (docs/benchmarks.md: on both question sets the keyword
+# leg and hybrid gain from it; sections alone lose on one).
+# Raw SQL because the scoring needs per-lexeme rows of each tsvector (unnest), which the
+# ORM cannot express; `scope` is the caller's queryset (access, collections, live) as SQL.
+_BM25_SQL = """
 WITH scope AS NOT MATERIALIZED ({scope}),
-lexemes AS MATERIALIZED (
-    SELECT DISTINCT l FROM unnest(tsvector_to_array(to_tsvector(%s::regconfig, %s))) AS l
+parts AS MATERIALIZED (
+    SELECT c.id AS collection_id, c.embed_generation AS generation FROM kb_collection c WHERE c.id = ANY(%s)
 ),
-total AS MATERIALIZED (SELECT count(*)::float8 AS n FROM scope),
-found AS MATERIALIZED (
-    SELECT lexemes.l, count(*)::float8 AS df
-    FROM lexemes JOIN scope s ON s.search_vector @@ to_tsquery('simple', quote_literal(lexemes.l))
-    GROUP BY lexemes.l
+query AS MATERIALIZED (
+    SELECT DISTINCT l AS lexeme FROM unnest(tsvector_to_array(to_tsvector(%s::regconfig, %s))) AS l
 ),
--- Words in more than KB_KEYWORD_MAX_DF of the chunks go, when a rarer one is left.
-kept AS MATERIALIZED (
-    SELECT found.* FROM found, total WHERE found.df < floor(%s * total.n) + 1
+totals AS MATERIALIZED (
+    SELECT coalesce(sum(t.chunks), 0)::float8 AS n,
+           coalesce(sum(t.length), 0)::float8 / greatest(coalesce(sum(t.chunks), 0), 1) AS avgdl,
+           coalesce(sum(t.length), 0)::float8 / greatest(coalesce(sum(t.sections), 0), 1) AS avgsl
+    FROM kb_keywordtotal t JOIN parts p ON p.collection_id = t.collection_id AND p.generation = t.generation
 ),
-chosen AS MATERIALIZED (
-    SELECT * FROM kept UNION ALL SELECT * FROM found WHERE NOT EXISTS (SELECT 1 FROM kept)
+terms AS MATERIALIZED (
+    SELECT t.lexeme, sum(t.df)::float8 AS df
+    FROM kb_keywordterm t JOIN parts p ON p.collection_id = t.collection_id AND p.generation = t.generation
+    WHERE t.lexeme IN (SELECT lexeme FROM query)
+    GROUP BY t.lexeme
 ),
 weighted AS MATERIALIZED (
-    SELECT to_tsquery('simple', quote_literal(chosen.l)) AS q,
-           ln(1 + (total.n - chosen.df + 0.5) / (chosen.df + 0.5)) AS idf
-    FROM chosen, total
+    SELECT terms.lexeme, ln(1 + (totals.n - terms.df + 0.5) / (terms.df + 0.5)) AS idf,
+           terms.df <= %s * totals.n AS selective
+    FROM terms, totals
+),
+-- Candidates: chunks holding a word found in at most KB_KEYWORD_MAX_DF of the chunks (all
+-- words when none is that rare). A chunk with only common words scores too little to rank,
+-- and leaving them out spares unnesting most of the collection. All words still score.
+matching AS MATERIALIZED (
+    SELECT to_tsquery('simple', string_agg(quote_literal(lexeme), ' | ')) AS q FROM weighted
+    WHERE selective OR NOT EXISTS (SELECT 1 FROM weighted WHERE selective)
+),
+candidates AS MATERIALIZED (
+    SELECT s.pk, s.document_id, s.heading_path, s.search_vector, s.search_length FROM scope s
+    WHERE s.search_vector @@ (SELECT q FROM matching)
+),
+queries AS MATERIALIZED (
+    SELECT lexeme, idf, to_tsquery('simple', quote_literal(lexeme)) AS q FROM weighted
+),
+-- A word's frequency in a chunk: ts_rank_cd of a one-word query without normalisation sums
+-- the label weights of its occurrences (each is a cover of length 1), read from the GIN-found
+-- tsvector without unnesting it. Postgres caps weights at 1, so they come divided by
+-- max(1, KB_BM25_HEADING_WEIGHT) (label A: KB_BM25_HEADING_WEIGHT, the others 1) and the
+-- sum is multiplied back.
+frequencies AS MATERIALIZED (
+    SELECT c.pk, c.document_id, c.heading_path, c.search_length AS dl, w.lexeme, w.idf,
+           %s * ts_rank_cd(%s::float4[], c.search_vector, w.q, 0) AS tf
+    FROM candidates c JOIN queries w ON c.search_vector @@ w.q
+),
+chunk_scores AS MATERIALIZED (
+    SELECT f.pk, f.document_id, f.heading_path,
+           sum(f.idf * f.tf / (f.tf + %s * (1 - %s + %s * f.dl / totals.avgdl))) AS score
+    FROM frequencies f CROSS JOIN totals
+    GROUP BY f.pk, f.document_id, f.heading_path
+),
+-- The best chunks re-scored with their whole section (the document's chunks under the same
+-- heading path, among those searched) as one text, with the chunks' IDF, when
+-- KB_BM25_SECTION_WEIGHT > 0. Only the best 4 x LIMIT by their own score: scoring the
+-- sections of every candidate cost 3-6 times the rest of the leg.
+best AS MATERIALIZED (
+    SELECT * FROM chunk_scores ORDER BY score DESC, pk LIMIT 4 * %s
+),
+sections AS MATERIALIZED (
+    SELECT DISTINCT document_id, heading_path FROM best WHERE %s > 0
+),
+section_chunks AS MATERIALIZED (
+    SELECT s.document_id, s.heading_path, s.search_vector, s.search_length
+    FROM sections JOIN scope s ON s.document_id = sections.document_id AND s.heading_path = sections.heading_path
+),
+section_lengths AS MATERIALIZED (
+    SELECT document_id, heading_path, sum(search_length) AS sl FROM section_chunks GROUP BY document_id, heading_path
+),
+section_frequencies AS MATERIALIZED (
+    SELECT c.document_id, c.heading_path, w.lexeme, max(w.idf) AS idf,
+           sum(%s * ts_rank_cd(%s::float4[], c.search_vector, w.q, 0)) AS tf
+    FROM section_chunks c JOIN queries w ON c.search_vector @@ w.q
+    GROUP BY c.document_id, c.heading_path, w.lexeme
+),
+section_scores AS MATERIALIZED (
+    SELECT f.document_id, f.heading_path,
+           sum(f.idf * f.tf / (f.tf + %s * (1 - %s + %s * l.sl / totals.avgsl))) AS score
+    FROM section_frequencies f
+    JOIN section_lengths l ON l.document_id = f.document_id AND l.heading_path = f.heading_path
+    CROSS JOIN totals
+    GROUP BY f.document_id, f.heading_path
 )
-SELECT s.pk, sum(w.idf * ts_rank_cd(%s::float4[], s.search_vector, w.q, 33)) AS score
-FROM scope s JOIN weighted w ON s.search_vector @@ w.q  -- a word a chunk lacks ranks 0: skip it
-WHERE s.search_vector @@ (SELECT to_tsquery('simple', string_agg(quote_literal(l), ' | ')) FROM chosen)
-GROUP BY s.pk
-ORDER BY score DESC, s.pk
+SELECT c.pk, c.score + %s * coalesce(s.score, 0) AS score
+FROM best c LEFT JOIN section_scores s ON s.document_id = c.document_id AND s.heading_path = c.heading_path
+ORDER BY score DESC, c.pk
 LIMIT %s
 """
 
 
-def keyword_leg(chunks, text: str, limit: int) -> list[tuple[int, float]]:
-    """(chunk id, score) best first: BM25-like weighting of ts_rank_cd, via the GIN index.
+def keyword_leg(chunks, text: str, limit: int, *, collection_ids: Iterable[int]) -> list[tuple[int, float]]:
+    """(chunk id, Okapi BM25 score) best first, among `chunks`, with IDF over `collection_ids`.
 
-    Postgres ranks without inverse document frequency, so "function" in a question about
-    Python counts as much as "recursion". Each query word is therefore ranked on its own
-    (ts_rank_cd normalised by log length, then r/(r+1) so repeats saturate, as BM25's term
-    frequency does) and weighted by its IDF among the chunks searched; words found in
-    more than KB_KEYWORD_MAX_DF of them hardly tell passages apart and are left out.
+    `chunks` is the scoped queryset (access, collections, live generation) and
+    `collection_ids` the collections it covers: the caller's readable ones, so that no word
+    count of a collection the user cannot read shapes the ranking.
     """
     try:
-        scope, scope_params = chunks.order_by().values("pk", "search_vector").query.sql_with_params()
+        scope, scope_params = (
+            chunks.order_by()
+            .values("pk", "document_id", "heading_path", "search_vector", "search_length")
+            .query.sql_with_params()
+        )
     except EmptyResultSet:  # e.g. no readable collection: Django knows there is nothing to search
         return []
-    params = [*scope_params, settings.KB_FTS_CONFIG, text.replace("\\", " "), settings.KB_KEYWORD_MAX_DF,
-              settings.KB_FTS_WEIGHTS, limit]  # fmt: skip
+    k1, b = settings.KB_BM25_K1, settings.KB_BM25_B
+    section, heading = settings.KB_BM25_SECTION_WEIGHT, settings.KB_BM25_HEADING_WEIGHT
+    scale = max(1.0, heading)
+    weights = [1 / scale, 1 / scale, 1 / scale, heading / scale]  # labels D, C, B, A
+    params = [*scope_params, list(collection_ids), settings.KB_FTS_CONFIG, text.replace("\\", " "),
+              settings.KB_KEYWORD_MAX_DF, scale, weights, k1, b, b, limit, section, scale, weights, k1, b, b,
+              section, limit]  # fmt: skip
     with connection.cursor() as cursor:
-        cursor.execute(_KEYWORD_SQL.format(scope=scope), params)
+        cursor.execute(_BM25_SQL.format(scope=scope), params)
         return [(pk, float(score)) for pk, score in cursor.fetchall()]
 
 
@@ -247,7 +334,12 @@ def fuse(
     for rank, (pk, _) in enumerate(keyword, start=1):
         keyword_ranks[pk] = rank
         scores[pk] = scores.get(pk, 0.0) + keyword_weight / (k + rank)
-    ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    # Equal scores (a dense first place against a keyword first place at equal weights) go
+    # to the better dense rank: the leg that is stronger on every set measured, rather than
+    # to whichever chunk happens to have the lower id.
+    far = len(dense) + len(keyword) + 1
+    ordered = sorted(scores.items(), key=lambda item: (-item[1], dense_ranks.get(item[0], far),
+                                                       keyword_ranks.get(item[0], far), item[0]))  # fmt: skip
     return [(pk, score, dense_ranks.get(pk), keyword_ranks.get(pk)) for pk, score in ordered]
 
 
@@ -360,6 +452,19 @@ def fuse_top(dense, keyword, *, depth: int, **weights) -> list[tuple[int, float,
     return top + rest
 
 
+def _agree(dense, keyword, chunks: dict[int, Chunk], depth: int = 5) -> bool | None:
+    """Whether the two legs' best `depth` share a document (None when a leg found nothing)."""
+    if not dense or not keyword:
+        return None
+    documents = [{chunks[pk].document_id for pk, _ in leg[:depth] if pk in chunks} for leg in (dense, keyword)]
+    return bool(documents[0] & documents[1])
+
+
+def _rerank_text(hit: Hit) -> str:
+    """What the reranker reads of a passage: its section's heading path, then its text."""
+    return f"{hit.chunk.heading_path}\n\n{hit.text}" if hit.chunk.heading_path else hit.text
+
+
 def search(
     *,
     user,
@@ -387,6 +492,7 @@ def search(
     # Each collection is searched with the model that made its vectors: the question is
     # embedded once per model among them (usually one).
     by_model = selectors.collections_by_model(user=user, collection_ids=collection_ids)
+    scope_ids = [pk for ids in by_model.values() for pk in ids]
     embeddings = (
         {spec: _embedder_pool().submit(_timed, embed_query, query, spec) for spec in by_model}
         if mode in ("hybrid", "dense")
@@ -397,7 +503,7 @@ def search(
         # CPU: running both at once saves the shorter of the two (about 20 ms a question).
         # The query stays in this thread, on this thread's connection and transaction.
         t = time.perf_counter()
-        keyword = keyword_leg(chunks, query, candidates)
+        keyword = keyword_leg(chunks, query, candidates, collection_ids=scope_ids)
         timings.keyword_ms = _ms(t)
     for spec, embedding in embeddings.items():
         vector, embed_ms = embedding.result()
@@ -416,8 +522,10 @@ def search(
         "keyword_weight": settings.KB_KEYWORD_WEIGHT if mode != "dense" else 0.0,
     }
     fused = fuse_top(dense, keyword, depth=settings.KB_FUSION_DEPTH or top_k, **weights)
-    # Refining merges and drops hits, so start from more than top_k.
-    pool = [row for row in fused if row[1] > 0][: top_k * 3]
+    # Refining merges and drops hits, so start from more than top_k; a reranker gets more.
+    reranking = mode == "hybrid" and rerank.enabled()
+    pool_size = max(top_k * 3, settings.KB_RERANK_CANDIDATES) if reranking else top_k * 3
+    pool = [row for row in fused if row[1] > 0][:pool_size]
     similarity = dict(dense)
     # Neither the vector nor the tsvector is read from here on: decoding 384 floats a chunk
     # was a third of this fetch.
@@ -428,14 +536,24 @@ def search(
         for pk, score, dr, kr in pool
         if pk in by_pk
     ]
-    hits = refine(hits, top_k=top_k)
+    hits = refine(hits, top_k=len(hits) if reranking else top_k)
     timings.fuse_ms = _ms(t)
-    timings.wall_ms = _ms(started)
+    reranked = False
+    if reranking:
+        t = time.perf_counter()
+        hits, scores = rerank.rerank(query, hits, _rerank_text)
+        timings.rerank_ms = _ms(t)
+        for hit, score in zip(hits, scores or (), strict=False):
+            hit.rerank_score = score
+        reranked = scores is not None
+        hits = hits[:top_k]
     best = max(similarity.values(), default=None)
-    if not hits:
-        relevant = False
-    elif best is None:
-        relevant = True  # keyword leg alone: a match is all it can tell
-    else:
-        relevant = best >= settings.KB_MIN_SIMILARITY
-    return Result(hits=hits, timings=timings, best_similarity=best, relevant=relevant)
+    t = time.perf_counter()
+    evidence = abstention.weigh(query, collection_ids=scope_ids, similarity=best,
+                                agreement=_agree(dense, keyword, by_pk),
+                                chunk_ids=[c.pk for h in hits for c in h.chunks])  # fmt: skip
+    timings.judge_ms = _ms(t)
+    relevant = bool(hits) and abstention.judge(evidence)
+    timings.wall_ms = _ms(started)
+    return Result(hits=hits, timings=timings, best_similarity=best, relevant=relevant, reranked=reranked,
+                  evidence=evidence)

@@ -185,21 +185,48 @@ KB_CHUNK_OVERLAP = env.int("KB_CHUNK_OVERLAP", default=20)
 KB_TOP_K = env.int("KB_TOP_K", default=5)
 KB_RRF_K = env.int("KB_RRF_K", default=2)
 KB_DENSE_WEIGHT = env.float("KB_DENSE_WEIGHT", default=1.0)
-KB_KEYWORD_WEIGHT = env.float("KB_KEYWORD_WEIGHT", default=0.75)
+KB_KEYWORD_WEIGHT = env.float("KB_KEYWORD_WEIGHT", default=0.9)
 KB_CANDIDATES = env.int("KB_CANDIDATES", default=40)
 # Ranks of each leg that take part in the fusion (0: as many as passages asked for); the
 # other candidates follow, in fused order, for when merging leaves room.
 KB_FUSION_DEPTH = env.int("KB_FUSION_DEPTH", default=0)
 KB_FTS_CONFIG = env.str("KB_FTS_CONFIG", default="english")
-# ts_rank_cd weights of the labels D, C, B, A (headings are A, body text D).
-KB_FTS_WEIGHTS = env.str("KB_FTS_WEIGHTS", default="{0.1, 0.2, 0.4, 1.0}")
-# Query words found in more than this share of the searched chunks are left out of the keyword leg.
+# Okapi BM25 of the keyword leg: term-frequency saturation k1, length normalisation b, and
+# how many times an occurrence in a chunk's heading path counts (1: as one in its text).
+KB_BM25_K1 = env.float("KB_BM25_K1", default=1.2)
+KB_BM25_B = env.float("KB_BM25_B", default=0.75)
+KB_BM25_HEADING_WEIGHT = env.float("KB_BM25_HEADING_WEIGHT", default=1.0)
+# A chunk's keyword score adds this times the BM25 of its whole section (its document's chunks
+# under the same heading path, scored as one text): a passage in a section about the words
+# outranks one that only mentions them (0: chunks alone).
+KB_BM25_SECTION_WEIGHT = env.float("KB_BM25_SECTION_WEIGHT", default=1.0)
+# Chunks holding only query words found in more than this share of the searched chunks are not
+# keyword candidates (the words still score in the others).
 KB_KEYWORD_MAX_DF = env.float("KB_KEYWORD_MAX_DF", default=0.5)
 # Threads the local embedding model uses for a question (0: torch's default, all cores).
 KB_QUERY_EMBED_THREADS = env.int("KB_QUERY_EMBED_THREADS", default=1)
-# Below this cosine similarity of the closest chunk, kb answers that it found nothing
-# relevant and does not call the model (0 turns the check off).
-KB_MIN_SIMILARITY = env.float("KB_MIN_SIMILARITY", default=0.3)
+# When kb answers that it found nothing relevant and calls no model (kb.abstention.judge;
+# chosen on the development questions, docs/benchmarks.md "Abstention"; 0 turns a check off):
+# the closest chunk's cosine similarity is below KB_MIN_SIMILARITY; or the dense and keyword
+# legs' best five share no document and the cosine is below KB_MIN_SIMILARITY_UNAGREED.
+# Off by default: less than KB_MIN_KNOWN of the question's IDF weight occurring anywhere
+# searched (in a small collection every unseen word outweighs the seen ones, so paraphrased
+# questions were refused), or the passages found holding less than KB_MIN_COVERAGE of it.
+KB_MIN_SIMILARITY = env.float("KB_MIN_SIMILARITY", default=0.35)
+KB_MIN_SIMILARITY_UNAGREED = env.float("KB_MIN_SIMILARITY_UNAGREED", default=0.45)
+KB_MIN_KNOWN = env.float("KB_MIN_KNOWN", default=0.0)
+KB_MIN_COVERAGE = env.float("KB_MIN_COVERAGE", default=0.0)
+# Optional reranker (off when empty): a Text Embeddings Inference `/rerank` URL, or a
+# Cohere/Jina-style `/v1/rerank` one (vLLM, Infinity); KB_RERANK_API forces the shape
+# ("tei" or "cohere"; "auto" reads it from the path). The best KB_RERANK_CANDIDATES fused
+# passages are sent; if the reranker fails or is slower than KB_RERANK_TIMEOUT seconds,
+# search keeps the fused order.
+KB_RERANK_URL = env.str("KB_RERANK_URL", default="")
+KB_RERANK_API = env.str("KB_RERANK_API", default="auto")
+KB_RERANK_MODEL = env.str("KB_RERANK_MODEL", default="")
+KB_RERANK_TOKEN = env.str("KB_RERANK_TOKEN", default="")
+KB_RERANK_TIMEOUT = env.float("KB_RERANK_TIMEOUT", default=5.0)
+KB_RERANK_CANDIDATES = env.int("KB_RERANK_CANDIDATES", default=30)
 # Passages whose word trigrams overlap a better passage's this much (Jaccard) are dropped.
 KB_DUPLICATE_THRESHOLD = env.float("KB_DUPLICATE_THRESHOLD", default=0.8)
 # Tokens of source text put into the prompt (keep small for the tiny local model).

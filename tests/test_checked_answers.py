@@ -126,13 +126,15 @@ def test_extractive_mode_answers_with_quotes_and_calls_no_model(settings):
 
 def test_extractive_mode_abstains_when_no_sentence_answers(settings):
     settings.KB_ANSWER_MODE = "extractive"
-    settings.KB_MIN_SIMILARITY = -1.0  # retrieval keeps its passages: the quoting has to abstain
+    # Retrieval keeps its passages (no abstention check refuses): the quoting has to abstain.
+    settings.KB_MIN_SIMILARITY = settings.KB_MIN_KNOWN = settings.KB_MIN_SIMILARITY_UNAGREED = -1.0
     user = make_user()
     collection = make_collection(viewer=[user])
     add_document(collection, "backups.md", BACKUPS)
     message, _ = message_ask(user=user, question="What is the capital of Peru?", collections=[collection])
     assert message.sources and message.extractive["sentences"] == []
-    assert (message.status, message.answer) == (Message.Status.NO_ANSWER, NO_SOURCE_ANSWER)
+    refusal = f"{NO_SOURCE_ANSWER} None of them mentions “capital” or “Peru”."
+    assert (message.status, message.answer) == (Message.Status.NO_ANSWER, refusal)
 
 
 def test_the_json_api_shows_the_same_decisions_as_the_page(settings):

@@ -122,10 +122,12 @@ def test_ask_refuses_with_the_pages_words_and_records_the_question(wiki):
     # Nothing relevant: no model is called (none runs in this test), and the refusal is the
     # conversation service's, word for word the one the pages show.
     record = json.loads(run("kb_ask", "zebra migration across the savanna", "--collection", "Wiki", "--json"))
-    assert record["answer"] == NO_SOURCE_ANSWER and record["sources"] == [] and "error" not in record
+    refusal = f"{NO_SOURCE_ANSWER} None of them mentions “zebra”, “migration”, “across” or “savanna”."
+    assert record["answer"] == refusal and record["sources"] == [] and "error" not in record
+    assert record["abstained"] is True
     message = Message.objects.get()
     assert (message.question, message.status, message.answer) == (
-        "zebra migration across the savanna", Message.Status.NO_ANSWER, NO_SOURCE_ANSWER,
+        "zebra migration across the savanna", Message.Status.NO_ANSWER, refusal,
     )  # fmt: skip
     assert message.conversation.user == system_user()
 

@@ -1,5 +1,6 @@
 import io
 import json
+import re
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -95,3 +96,20 @@ def test_eval_scores_each_question_s_quoted_answer_and_prints_its_calibration(qu
     assert all(0 < s <= 1 for s in answerable)
     text = run_eval(str(questions), "--collection", "handbook", "--mode", "hybrid")
     assert "quote score below  refuses unanswerable  refuses answerable" in text
+
+
+def test_eval_prints_the_abstention_calibration_and_it_agrees_with_the_run(questions, settings):
+    report = json.loads(run_eval(str(questions), "--collection", "handbook", "--json", "--mode", "hybrid"))
+    assert all({"known", "coverage", "agreement", "missing"} <= set(q) for q in report["per_question"])
+    summary = report["modes"]["hybrid"]
+    text = run_eval(str(questions), "--collection", "handbook", "--mode", "hybrid")
+    assert "KB_MIN_SIMILARITY (rows) x KB_MIN_KNOWN (columns)" in text
+    assert "KB_MIN_SIMILARITY (rows) x KB_MIN_UNAGREED_SIMILARITY (columns)" in text
+    # The configured thresholds' cell counts what the run refused.
+    lines = text.splitlines()
+    start = lines.index("KB_MIN_SIMILARITY (rows) x KB_MIN_KNOWN (columns)")
+    columns = [float(v) for v in lines[start + 1].split()]
+    row = next(line for line in lines[start + 2 :] if line.split()[0] == f"{settings.KB_MIN_SIMILARITY:.2f}")
+    cells = re.findall(r"(\d+) /\s*(\d+)", row)
+    unanswerable, answerable = cells[columns.index(settings.KB_MIN_KNOWN)]
+    assert (int(unanswerable), int(answerable)) == (summary["refused_unanswerable"], summary["refused_answerable"])

@@ -287,15 +287,6 @@ def test_keyword_leg_ranks_a_rare_word_above_a_common_one():
     assert hits[0].chunk.document.source_path == "zebra.md"
 
 
-def test_keyword_leg_prefers_the_section_whose_heading_holds_the_word():
-    reader = make_user()
-    collection = make_collection(viewer=[reader])
-    add_document(collection, "a.md", "# Misc\n\n## Other\n\nWe talked about rotation of the logs once, briefly.")
-    add_document(collection, "b.md", "# Logs\n\n## Rotation\n\nOld files are compressed every week by the job.")
-    hits = retrieval.search(user=reader, query="log rotation", mode="keyword", top_k=2).hits
-    assert hits[0].chunk.document.source_path == "b.md"
-
-
 def test_question_embedding_on_one_thread_matches_and_restores_the_thread_count(settings):
     import torch
 

@@ -55,7 +55,7 @@ def _retrieve_into(message: Message, *, user, collections, top_k: int | None) ->
     if not message.sources or (message.mode == "extractive" and not message.extractive["sentences"]):
         # Nothing readable answers it: say so plainly and never call the model.
         message.status = Message.Status.NO_ANSWER
-        message.answer = NO_SOURCE_ANSWER
+        message.answer = _nothing_found(result.evidence.missing)
         message.finished_at = timezone.now()
     elif message.mode == "extractive":
         quoted = [verification.Sentence(text=q["text"], citations=q["citations"], score=message.extractive["score"])
@@ -65,6 +65,15 @@ def _retrieve_into(message: Message, *, user, collections, top_k: int | None) ->
         message.status = Message.Status.COMPLETE
         message.finished_at = timezone.now()
     return result
+
+
+def _nothing_found(missing: list[str]) -> str:
+    """The no-answer text, naming the question's words that nothing the user may search contains."""
+    if not missing:
+        return NO_SOURCE_ANSWER
+    names = [f"“{word}”" for word in missing[:4]]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return f"{NO_SOURCE_ANSWER} None of them mentions {listed}."
 
 
 def _quote(message: Message) -> dict:

@@ -16,12 +16,12 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from kb import answering, retrieval, verification
+from kb import abstention, answering, retrieval, verification
 from kb.management.cli import actor_and_collections
 from kb.management.generation_eval import evaluate_generation, print_generation
 
 MODES = ("dense", "keyword", "hybrid")
-STAGES = ("embed_ms", "dense_ms", "keyword_ms", "fuse_ms", "total_ms")
+STAGES = ("embed_ms", "dense_ms", "keyword_ms", "fuse_ms", "rerank_ms", "judge_ms", "total_ms")
 
 
 def load_questions(path: Path) -> list[dict]:
@@ -93,6 +93,7 @@ def evaluate(*, user, questions: list[dict], collection_ids: list[int], k: int, 
                 report["per_question"].append({
                     "q": item["q"], "expected": item["expected"], "rank": rank, "relevant": result.relevant,
                     "best_similarity": result.best_similarity, "quote_score": _quote_score(item["q"], result),
+                    **{key: value for key, value in result.evidence.as_json().items() if key != "similarity"},
                     "top": [h.chunk.document.source_path for h in result.hits],
                 })  # fmt: skip
         n = max(1, len(ranks))
@@ -203,16 +204,31 @@ class Command(BaseCommand):
             )
 
     def _print_calibration(self, report: dict) -> None:
-        """What other KB_MIN_SIMILARITY values would refuse, from the hybrid run's closest similarities."""
+        """What other abstention thresholds would refuse (kb.abstention.judge), from the last mode's run.
+
+        Each cell is "unanswerable refused / answerable refused"; the thresholds not varied in a
+        table are the configured ones.
+        """
         rows = [q for q in report["per_question"] if q["best_similarity"] is not None]
         if not rows:
             return
-        answerable = [q["best_similarity"] for q in rows if q["expected"]]
-        unanswerable = [q["best_similarity"] for q in rows if not q["expected"]]
-        self.stdout.write("\nKB_MIN_SIMILARITY  refuses unanswerable  refuses answerable")
-        for step in range(1, 7):
-            t = 0.1 + step * 0.05  # 0.15 ... 0.40
-            self.stdout.write(
-                f"{t:>17.2f}  {sum(s < t for s in unanswerable):>9}/{len(unanswerable):<11}"
-                f"{sum(s < t for s in answerable):>9}/{len(answerable)}"
-            )
+        evidence = [abstention.Evidence(similarity=q["best_similarity"], coverage=q["coverage"], known=q["known"],
+                                        agreement=q["agreement"]) for q in rows]  # fmt: skip
+        unanswerable = sum(1 for q in rows if not q["expected"])
+        similarities = [round(0.25 + step * 0.05, 2) for step in range(5)]  # 0.25 ... 0.45
+        configured = (f"similarity {settings.KB_MIN_SIMILARITY}, known {settings.KB_MIN_KNOWN}, "
+                      f"unagreed {settings.KB_MIN_SIMILARITY_UNAGREED}, coverage {settings.KB_MIN_COVERAGE}")
+        self.stdout.write(f"\nRefused (of {unanswerable} unanswerable / of {len(rows) - unanswerable} answerable), "
+                          f"configured: {configured}")  # fmt: skip
+        for name, values in (("known", (0.0, 0.4, 0.5, 0.6)), ("unagreed", (0.0, 0.4, 0.45, 0.5))):
+            self.stdout.write(f"KB_MIN_SIMILARITY (rows) x KB_MIN_{name.upper()}"
+                              f"{'_SIMILARITY' if name == 'unagreed' else ''} (columns)")  # fmt: skip
+            self.stdout.write(f"{'':>6}" + "".join(f"{v:>10.2f}" for v in values))
+            for t in similarities:
+                cells = []
+                for v in values:
+                    refused = [not abstention.judge(e, similarity=t, **{name: v}) for e in evidence]
+                    u = sum(r for r, q in zip(refused, rows, strict=True) if not q["expected"])
+                    a = sum(r for r, q in zip(refused, rows, strict=True) if q["expected"])
+                    cells.append(f"{u:>4} /{a:>3}")
+                self.stdout.write(f"{t:>6.2f}" + "".join(f"{cell:>10}" for cell in cells))
