@@ -192,7 +192,7 @@ class Command(BaseCommand):
         rows = report["per_question"]
         if not any(q["quote_score"] is not None for q in rows):
             return
-        self.stdout.write("\nquote score below  refuses unanswerable  refuses answerable   (with KB_MIN_SIMILARITY)")
+        self.stdout.write("\nquote score below  refuses unanswerable  refuses answerable   (with the other checks)")
         for step in range(0, 9):
             t = 0.30 + step * 0.025  # 0.30 ... 0.50
             refused = [not q["relevant"] or (q["quote_score"] or 0) < t for q in rows]
