@@ -32,7 +32,11 @@ def api_of(url: str, configured: str = "auto") -> str:
     """"tei" or "cohere": KB_RERANK_API if set, else from the URL (a path ending in /v1/rerank is Cohere's)."""
     if configured in ("tei", "cohere"):
         return configured
-    return "cohere" if urlsplit(url).path.rstrip("/").endswith("/v1/rerank") else "tei"
+    try:
+        path = urlsplit(url).path
+    except ValueError:  # a malformed URL: the request says so, as a RerankError
+        return "tei"
+    return "cohere" if path.rstrip("/").endswith("/v1/rerank") else "tei"
 
 
 def _request(api: str, query: str, texts: list[str]) -> dict:
@@ -71,6 +75,8 @@ def scores(query: str, texts: list[str]) -> list[float]:
         raise RerankError(f"the reranker at {url} did not answer within {settings.KB_RERANK_TIMEOUT:g} s") from None
     except httpx.HTTPError as exc:
         raise RerankError(f"the reranker at {url} cannot be reached ({type(exc).__name__})") from None
+    except httpx.InvalidURL:  # not an HTTPError: a typo in KB_RERANK_URL must not break search
+        raise RerankError(f"KB_RERANK_URL is not a valid URL: {url!r}") from None
     if response.status_code != 200:
         raise RerankError(f"the reranker at {url} answered HTTP {response.status_code}")
     try:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.standins import send_json
+
 
 @dataclass
 class RerankerBehaviour:
@@ -76,12 +78,7 @@ def _handler(behaviour: RerankerBehaviour):
             return sorted(scored, key=lambda item: -item[1])
 
         def _json(self, status: int, payload) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, payload)
 
     return Handler
 

@@ -88,7 +88,7 @@ def test_a_cohere_style_reranker_gets_the_served_model_name_and_token(library, s
 
 @pytest.mark.parametrize(
     "fault",
-    ["status", "slow", "wrong shape", "unknown model", "unreachable"],
+    ["status", "slow", "wrong shape", "unknown model", "unreachable", "invalid url"],
 )
 def test_a_failing_reranker_leaves_the_fused_order_and_says_why(library, settings, caplog, fault):
     plain = [h.chunk.pk for h in search(library).hits]
@@ -105,12 +105,15 @@ def test_a_failing_reranker_leaves_the_fused_order_and_says_why(library, setting
         settings.KB_RERANK_MODEL = "not-served"
         if fault == "unreachable":
             settings.KB_RERANK_URL = "http://127.0.0.1:9/rerank"
+        if fault == "invalid url":
+            settings.KB_RERANK_URL = "http://[::1/rerank"
         result = search(library)
     assert not result.reranked
     assert [h.chunk.pk for h in result.hits] == plain
     (record,) = [r for r in caplog.records if r.name == "kb.rerank"]
     expected = {"status": "HTTP 500", "slow": "did not answer within 0.2 s", "wrong shape": "tei shape",
-                "unknown model": "HTTP 404", "unreachable": "cannot be reached"}[fault]  # fmt: skip
+                "unknown model": "HTTP 404", "unreachable": "cannot be reached",
+                "invalid url": "not a valid URL"}[fault]  # fmt: skip
     assert expected in record.getMessage()
     assert "fourteen copies" not in record.getMessage()  # no passage text in the log
 
