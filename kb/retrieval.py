@@ -185,17 +185,18 @@ def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]
 # ln(1 + (N - df + 0.5) / (df + 0.5)), never negative, and there is no (k1 + 1) factor, which
 # would change no order. Why not an extension: none of the BM25 extensions (pg_search,
 # VectorChord-bm25, pg_textsearch) ships with the embedded Postgres or the pgvector image.
-# The GIN index finds the candidate chunks; each candidate's tsvector gives its term
-# frequencies (positions per lexeme; heading positions, label A, may count more:
-# KB_BM25_HEADING_WEIGHT) and its length. N, the average chunk and section lengths and each
+# The GIN index finds the candidate chunks; a word's frequency in each is read with
+# ts_rank_cd (below; a heading occurrence, label A, may count more: KB_BM25_HEADING_WEIGHT),
+# its length from the stored search_length. N, the average chunk and section lengths and each
 # word's document frequency come from kb_keywordterm / kb_keywordtotal, which triggers keep
 # in step with the chunks (migration 0011), summed over the collections searched and their
 # live generation: IDF is that of what the user may read and asked to search, nothing else.
 # A chunk's score adds KB_BM25_SECTION_WEIGHT times the BM25 of its whole section, scored
 # as one text with the chunks' IDF (docs/benchmarks.md: on both question sets the keyword
 # leg and hybrid gain from it; sections alone lose on one).
-# Raw SQL because the scoring needs per-lexeme rows of each tsvector (unnest), which the
-# ORM cannot express; `scope` is the caller's queryset (access, collections, live) as SQL.
+# Raw SQL because the scoring runs over a set of words and sections the database decides,
+# with tsvector functions the ORM does not wrap; `scope` is the caller's queryset (access,
+# collections, live generation) as SQL.
 _BM25_SQL = """
 WITH scope AS NOT MATERIALIZED ({scope}),
 parts AS MATERIALIZED (
