@@ -227,6 +227,19 @@ KB_RERANK_MODEL = env.str("KB_RERANK_MODEL", default="")
 KB_RERANK_TOKEN = env.str("KB_RERANK_TOKEN", default="")
 KB_RERANK_TIMEOUT = env.float("KB_RERANK_TIMEOUT", default=5.0)
 KB_RERANK_CANDIDATES = env.int("KB_RERANK_CANDIDATES", default=30)
+# Out-of-range values would fail every search inside Postgres (ts_rank_cd refuses a negative
+# weight) or rank nonsense: refuse them at start-up, naming the variable.
+for _name, _value, _ok, _allowed in (
+    ("KB_BM25_K1", KB_BM25_K1, KB_BM25_K1 >= 0, "0 or more"),
+    ("KB_BM25_B", KB_BM25_B, 0 <= KB_BM25_B <= 1, "between 0 and 1"),
+    ("KB_BM25_HEADING_WEIGHT", KB_BM25_HEADING_WEIGHT, KB_BM25_HEADING_WEIGHT >= 0, "0 or more"),
+    ("KB_BM25_SECTION_WEIGHT", KB_BM25_SECTION_WEIGHT, KB_BM25_SECTION_WEIGHT >= 0, "0 or more"),
+    ("KB_RERANK_API", KB_RERANK_API, KB_RERANK_API in ("auto", "tei", "cohere"), "auto, tei or cohere"),
+    ("KB_RERANK_CANDIDATES", KB_RERANK_CANDIDATES, KB_RERANK_CANDIDATES >= 1, "1 or more"),
+    ("KB_RERANK_TIMEOUT", KB_RERANK_TIMEOUT, KB_RERANK_TIMEOUT > 0, "more than 0"),
+):
+    if not _ok:
+        raise ImproperlyConfigured(f"{_name}={_value!r}: use {_allowed}.")
 # Passages whose word trigrams overlap a better passage's this much (Jaccard) are dropped.
 KB_DUPLICATE_THRESHOLD = env.float("KB_DUPLICATE_THRESHOLD", default=0.8)
 # Tokens of source text put into the prompt (keep small for the tiny local model).

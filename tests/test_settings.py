@@ -36,3 +36,14 @@ def test_production_settings_pass_the_deployment_checklist():
 def test_debug_is_off_unless_asked_for():
     result = manage("shell", "-c", "from django.conf import settings; print(settings.DEBUG)", env=PRODUCTION)
     assert result.stdout.strip().endswith("False"), result.stderr
+
+
+def test_out_of_range_retrieval_settings_stop_start_up_with_the_variable_named():
+    for name, value, message in (
+        ("KB_BM25_HEADING_WEIGHT", "-1", "KB_BM25_HEADING_WEIGHT=-1.0: use 0 or more."),
+        ("KB_BM25_B", "1.5", "KB_BM25_B=1.5: use between 0 and 1."),
+        ("KB_RERANK_API", "openai", "KB_RERANK_API='openai': use auto, tei or cohere."),
+    ):
+        result = manage("check", env={name: value})
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr  # an operator's mistake, said in one line
