@@ -17,7 +17,8 @@ from django.conf import settings
 INGEST_DOCUMENT = "ingestion.tasks.ingest_document"
 INGEST_DOCUMENTS = "ingestion.tasks.ingest_documents"
 REINDEX_DOCUMENT = "ingestion.tasks.reindex_document"
-TASK_NAMES = (INGEST_DOCUMENT, INGEST_DOCUMENTS, REINDEX_DOCUMENT)
+SYNC_SOURCE = "ingestion.tasks.sync_source"
+TASK_NAMES = (INGEST_DOCUMENT, INGEST_DOCUMENTS, REINDEX_DOCUMENT, SYNC_SOURCE)
 
 
 def _task(name: str):
@@ -62,3 +63,8 @@ def reindex(document_id: int, *, after_commit: bool = True) -> None:
         _on_commit(REINDEX_DOCUMENT, document_id)
     else:
         _task(REINDEX_DOCUMENT).delay(document_id)
+
+
+def sync_source(source_id: int, trigger: str) -> None:
+    """Run one sync of a source in a worker, once the caller's transaction commits."""
+    _on_commit(SYNC_SOURCE, source_id, trigger)

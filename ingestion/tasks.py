@@ -9,8 +9,10 @@ import logging
 
 from celery import shared_task
 
-from ingestion import processing, status
+from ingestion import processing, queue, status
 from ingestion.errors import TRANSIENT
+from kb import access
+from kb.services import sources
 
 # Redelivered if the worker dies mid-task; transient failures retried with backoff.
 DOCUMENT_TASK = {
@@ -54,6 +56,28 @@ def ingest_documents(self, document_ids: list[int]) -> None:
 def recover_stale_documents() -> dict:
     """Re-queue or fail documents whose processing went silent, and resend queued ones the broker lost."""
     return status.documents_recover_stale()
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def sync_source(self, source_id: int, trigger: str = "schedule") -> None:
+    """Read one source into its collection: what changed is stored and queued, what vanished removed.
+
+    Redelivered if the worker dies; the new attempt takes the run over and skips the pages
+    already stored. A source that is gone, or already being synced, makes it return quietly.
+    """
+    run = sources.source_sync(user=access.system_user(), source_id=source_id, trigger=trigger)
+    if run is not None:
+        logger.info("source %s: run %s %s", source_id, run.pk, run.status)
+
+
+# Every KB_SOURCE_SCHEDULE_SECONDS under celery beat (CELERY_BEAT_SCHEDULE).
+@shared_task(acks_late=True, ignore_result=True)
+def sync_due_sources() -> list[int]:
+    """Queue a run of every source whose schedule is due, and of those whose run was abandoned."""
+    due = sources.sources_due()
+    for source_id in due:
+        queue.sync_source(source_id, "schedule")
+    return due
 
 
 def _process(document_id: int, *, reindex: bool) -> None:

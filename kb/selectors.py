@@ -4,9 +4,10 @@ first and is scoped by kb.access; what the user may not see is a 404, never a 40
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.http import Http404
 from django.utils import timezone
 
@@ -24,6 +25,8 @@ from kb.models import (
     Feedback,
     Message,
     Role,
+    Source,
+    SourceRun,
     UploadBatch,
 )
 
@@ -85,6 +88,59 @@ def document_get(*, user, pk: int) -> Document:
         return _readable_documents(user).select_related("collection").get(pk=pk)
     except (Document.DoesNotExist, ValueError, TypeError):
         raise Http404("No such document.") from None
+
+
+def source_list(*, user, collection: Collection) -> list[Source]:
+    """The collection's sources, each with `last_run` (its newest run, or None); two queries."""
+    if not access.can_read(user, collection):
+        return []
+    sources = list(Source.objects.filter(collection=collection).annotate(documents_count=Count("documents")))
+    latest: dict[int, SourceRun] = {}
+    for run in (
+        SourceRun.objects.filter(source__in=sources).order_by("source_id", "-started_at", "-pk").distinct("source_id")
+    ):
+        latest[run.source_id] = run
+    for source in sources:
+        source.last_run = latest.get(source.pk)
+    return sources
+
+
+def source_get(*, user, pk: int, minimum: Role = Role.VIEWER) -> Source:
+    """The source if the user holds at least `minimum` on its collection, else 404."""
+    try:
+        return Source.objects.select_related("collection").get(
+            pk=pk, collection_id__in=access.collection_ids_with_role(user, minimum)
+        )
+    except (Source.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such source.") from None
+
+
+def source_runs(*, user, source: Source, limit: int = 10) -> list[SourceRun]:
+    """The source's latest runs, newest first (none if the user may not read its collection)."""
+    if not access.can_read(user, source.collection):
+        return []
+    runs = list(source.runs.select_related("batch")[:limit])
+    batch_ids = [r.batch_id for r in runs if r.batch_id]
+    counts = {
+        row.pop("batch"): row
+        for row in Document.objects.filter(batch__in=batch_ids).values("batch").annotate(**_progress_counts())
+    }
+    for run in runs:
+        # A run's documents are processed after it ends: its batch's progress, and the pages
+        # that failed being fetched (refused) or processed, are what an editor wants to see.
+        row = counts.get(run.batch_id)
+        run.progress = _progress(row, run.started_at) if row else None
+        run.failed = run.summary.get("refused", 0) + (run.progress.failed if run.progress else 0)
+    return runs
+
+
+def source_documents(*, user, source: Source, limit: int = 200):
+    """The source's documents, most recently changed at the source first."""
+    return (
+        _readable_documents(user)
+        .filter(source=source)
+        .order_by(F("source_modified").desc(nulls_last=True), "source_path")[:limit]
+    )
 
 
 def batch_get(*, user, pk: int, minimum: Role = Role.VIEWER) -> UploadBatch:
@@ -286,7 +342,31 @@ def feedback_get(*, user, message: Message) -> Feedback | None:
 def message_sources(*, user, message: Message) -> list[dict]:
     """The message's sources that the user may still read (grants can be revoked after asking)."""
     readable = set(_readable_collections(user).values_list("pk", flat=True))
-    return [s for s in message.sources if s.get("collection_id") in readable]
+    sources = [s for s in message.sources if s.get("collection_id") in readable]
+    return with_freshness(sources)
+
+
+def with_freshness(sources: list[dict]) -> list[dict]:
+    """The sources with their documents' address and age now: `url`, `modified`, and `stale` when
+    the page has not changed at its source for longer than its collection's stale_after_days."""
+    documents = {
+        row.pop("pk"): row
+        for row in Document.objects.filter(pk__in=[s["document_id"] for s in sources]).values(
+            "pk", "url", "source_modified", "collection__stale_after_days"
+        )
+    }
+    now = timezone.now()
+    fresh = []
+    for source in sources:
+        row = documents.get(source["document_id"])
+        if row is None:  # deleted since: what was stored with the answer
+            fresh.append({**source, "stale": False})
+            continue
+        modified, days = row["source_modified"], row["collection__stale_after_days"]
+        stale = bool(modified and days is not None and modified < now - timedelta(days=days))
+        url = row["url"] if row["url"].startswith(("https://", "http://")) else ""  # never javascript: and the like
+        fresh.append({**source, "url": url, "modified": modified, "stale": stale})
+    return fresh
 
 
 # Access administration -------------------------------------------------------------------

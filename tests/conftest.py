@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 
-from tests.helpers import BIN, _server_env, answers, free_port, kb_web_server, running
+from tests.helpers import answers, celery_worker, free_port, kb_web_server, running
 
 PYTHON = sys.executable
 
@@ -68,10 +68,7 @@ def model_server(llm_server, settings) -> str:
 @pytest.fixture
 def celery_worker_process(transactional_db, settings) -> Iterator[subprocess.Popen]:
     """A real Celery worker on the real Redis, reading this test run's queue and database."""
-    cmd = [str(BIN / "celery"), "-A", "kb", "worker", "-Q", settings.CELERY_TASK_DEFAULT_QUEUE,
-           "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-           "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h"]  # fmt: skip
-    with running("worker", cmd, ready=lambda log: b" ready." in log.read_bytes(), env=_server_env()) as proc:
+    with celery_worker() as proc:
         yield proc
 
 

@@ -97,6 +97,24 @@ def running(name: str, cmd: list[str], *, ready, env: dict, timeout: float = 90)
         stop(proc)
 
 
+@contextmanager
+def celery_worker(env: dict | None = None, *, name: str = "worker") -> Iterator[subprocess.Popen]:
+    """A real Celery worker on this test run's queue and database (`env`: more settings)."""
+    cmd = [str(BIN / "celery"), "-A", "kb", "worker", "-Q", django_settings.CELERY_TASK_DEFAULT_QUEUE,
+           "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+           "--hostname", f"test-{os.urandom(3).hex()}@%h"]  # fmt: skip
+    with running(name, cmd, ready=lambda log: b" ready." in log.read_bytes(), env=_server_env(env)) as proc:
+        yield proc
+
+
+@contextmanager
+def celery_beat(schedule_file: Path, env: dict | None = None) -> Iterator[subprocess.Popen]:
+    """Real celery beat, sending the scheduled tasks to this test run's queue."""
+    cmd = [str(BIN / "celery"), "-A", "kb", "beat", "--loglevel", "INFO", "--schedule", str(schedule_file)]
+    with running("beat", cmd, ready=lambda log: b"beat: Starting" in log.read_bytes(), env=_server_env(env)) as proc:
+        yield proc
+
+
 def answers(url: str):
     return lambda _log: httpx.get(url, timeout=2).status_code == 200
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 from contextlib import aclosing
 
 from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 from django.http import Http404
+from tqdm import tqdm
 
+from ingestion.processing import documents_process
 from kb import access, selectors
-from kb.models import Message
+from kb.models import Document, Message, UploadBatch
 from kb.services.conversations import message_answer, message_answer_start
 
 
@@ -27,6 +30,19 @@ def actor_and_collections(*, username: str | None, names: list[str]):
     except Http404 as exc:
         raise CommandError(str(exc)) from None
     return actor, collections
+
+
+def process_inline(*, user, batch: UploadBatch, quiet: bool) -> None:
+    """Process the batch's queued documents here, without Celery (kb_ingest --inline, kb_source sync)."""
+    documents = selectors.batch_document_list(user=user, batch=batch)
+    pending = list(documents.filter(status=Document.Status.QUEUED).values_list("pk", flat=True))
+    bar = tqdm(total=len(pending), desc="indexing", unit="doc", disable=quiet)
+    size = max(1, settings.KB_INGEST_GROUP)  # documents embedded in one pass
+    for first in range(0, len(pending), size):
+        group = pending[first : first + size]
+        documents_process(document_ids=group)
+        bar.update(len(group))
+    bar.close()
 
 
 def answer_message(actor, message: Message, show) -> None:

@@ -12,6 +12,7 @@ import tempfile
 import uuid
 import zipfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import PurePosixPath
 
 from django.conf import settings
@@ -25,13 +26,30 @@ from ingestion import archives, queue
 from ingestion.errors import IngestError
 from kb import access
 from kb.audit import audit_record
-from kb.models import BatchSummary, Collection, Document, UploadBatch
+from kb.models import BatchSummary, Collection, Document, Source, UploadBatch
 
 
 @dataclass
 class UploadOutcome:
     document: Document
     outcome: str  # "created" | "updated" | "unchanged"
+
+
+@dataclass(frozen=True)
+class PageOrigin:
+    """Where a synced page came from: its source, the source's version marker, its address and dates."""
+
+    source: Source
+    ref: str
+    url: str = ""
+    modified: datetime | None = None
+    title: str = ""
+
+    def fields(self, now: datetime) -> dict:
+        return {
+            "source": self.source, "source_ref": self.ref[:200], "url": self.url[:2000],
+            "source_modified": self.modified, "seen_at": now,
+        }  # fmt: skip
 
 
 def _hash_file(file) -> str:
@@ -63,13 +81,16 @@ def document_upload(
     enqueue: bool = True,
     batch: UploadBatch | None = None,
     source_archive: str = "",
+    origin: PageOrigin | None = None,
 ) -> UploadOutcome:
     """Store an uploaded file as a document of the collection and queue it for ingestion.
 
     The same content again (under the same path, or any path of the collection) is
     'unchanged' and costs no work; new content under a known path replaces that
     document's chunks once the new version is processed. With enqueue=False the caller
-    processes it (kb_ingest --inline).
+    processes it (kb_ingest --inline). A page of a source (origin) is its own document
+    whatever other document holds the same text, and never takes over a path another source
+    or an upload holds.
     """
     if not access.can_edit(user, collection):
         raise PermissionError("You cannot add documents to this collection.")
@@ -90,13 +111,18 @@ def document_upload(
 
     with transaction.atomic():
         existing = Document.objects.select_for_update().filter(collection=collection, source_path=source_path).first()
+        if existing is not None and existing.source_id != (origin.source.pk if origin else None):
+            holder = f"the source {existing.source.name}" if existing.source_id else "an upload"
+            raise ValidationError(f"{source_path} is already in the collection, from {holder}.")
         redo = (Document.Status.FAILED, Document.Status.CANCELLED)
         if existing and existing.content_hash == content_hash and existing.status not in redo:
             if source_archive and existing.source_archive != source_archive:
                 existing.source_archive = source_archive  # now also listed by this archive: synced with it
                 existing.save(update_fields=["source_archive"])
+            if origin is not None:
+                Document.objects.filter(pk=existing.pk).update(**origin.fields(timezone.now()))
             return UploadOutcome(existing, "unchanged")
-        if existing is None:
+        if existing is None and origin is None:
             twin = Document.objects.filter(collection=collection, content_hash=content_hash).first()
             if twin is not None and twin.status not in redo:
                 return UploadOutcome(twin, "unchanged")
@@ -107,7 +133,7 @@ def document_upload(
             document, outcome = _document_store(
                 user=user, collection=collection, existing=existing, source_path=source_path,
                 content_hash=content_hash, stored_name=stored_name, size=size, batch=batch,
-                source_archive=source_archive,
+                source_archive=source_archive, origin=origin,
             )  # fmt: skip
         except BaseException:
             default_storage.delete(stored_name)  # the row never pointed at it: leave no orphan
@@ -123,13 +149,15 @@ def document_upload(
 
 def _document_store(
     *, user, collection, existing, source_path: str, content_hash: str, stored_name: str, size: int,
-    batch: UploadBatch | None, source_archive: str,
+    batch: UploadBatch | None, source_archive: str, origin: PageOrigin | None,
 ) -> tuple[Document, str]:  # fmt: skip
     uploader = user if getattr(user, "is_authenticated", False) else None
+    synced = origin.fields(timezone.now()) if origin else {}
+    title = (origin.title if origin else "")[:500] or _title_from(source_path)
     if existing is None:
         document = Document.objects.create(
             collection=collection,
-            title=_title_from(source_path),
+            title=title,
             source_path=source_path,
             content_hash=content_hash,
             file=stored_name,
@@ -137,6 +165,7 @@ def _document_store(
             uploaded_by=uploader,
             batch=batch,
             source_archive=source_archive,
+            **synced,
         )
         return document, "created"
     old_file = existing.file.name
@@ -148,8 +177,13 @@ def _document_store(
     existing.attempts = 0
     if source_archive:
         existing.source_archive = source_archive
+    for name, value in synced.items():
+        setattr(existing, name, value)
+    if origin is not None:
+        existing.title = title
     existing.save(update_fields=[
         "content_hash", "file", "size", "uploaded_by", "batch", "attempts", "source_archive", "updated_at",
+        "title", *synced,
     ])  # fmt: skip
     # A new version is processed from the start, whatever became of the one before.
     Document.objects.filter(pk=existing.pk).transition(
@@ -282,14 +316,23 @@ def archive_upload(
     return summary
 
 
-@transaction.atomic
 def documents_remove_vanished(*, user, collection: Collection, archive_name: str, present: set[str]) -> list[str]:
     """Delete the archive's documents whose pages are no longer in it; their chunks and files go too."""
+    vanished = Document.objects.filter(collection=collection, source_archive=archive_name).exclude(
+        source_path__in=present
+    )
+    return documents_remove(user=user, collection=collection, documents=vanished)
+
+
+@transaction.atomic
+def documents_remove(*, user, collection: Collection, documents) -> list[str]:
+    """Delete these documents of the collection (gone from their archive or source), chunks and files too.
+
+    Returns their source paths, sorted.
+    """
     if not access.can_edit(user, collection):
         raise PermissionError("You cannot remove documents of this collection.")
-    vanished = list(
-        Document.objects.filter(collection=collection, source_archive=archive_name).exclude(source_path__in=present)
-    )
+    vanished = list(documents.filter(collection=collection).select_for_update())
     names = [d.file.name for d in vanished]
     Document.objects.filter(pk__in=[d.pk for d in vanished]).delete()
     transaction.on_commit(lambda: [default_storage.delete(n) for n in names if n])
@@ -316,3 +359,25 @@ def batch_cancel(*, user, batch: UploadBatch) -> int:
         cancelled=cancelled,
     )  # fmt: skip
     return cancelled
+
+
+@transaction.atomic
+def document_relocate(*, user, document: Document, source_path: str, origin: PageOrigin) -> Document:
+    """Move a synced document to its new path (a page renamed or moved at its source), keeping its chunks.
+
+    The text is the same, so nothing is parsed or embedded again: only its path, title and
+    address change.
+    """
+    if not access.can_edit(user, document.collection):
+        raise PermissionError("You cannot change documents of this collection.")
+    old_path = document.source_path
+    document.source_path = _clean_source_path(source_path)
+    document.title = origin.title[:500] or _title_from(document.source_path)
+    for name, value in origin.fields(timezone.now()).items():
+        setattr(document, name, value)
+    document.save()
+    audit_record(
+        actor=user, action="document.rename", collection=document.collection, target=document.source_path,
+        document_id=document.pk, previous=old_path,
+    )  # fmt: skip
+    return document

@@ -79,6 +79,8 @@ class Command(BaseCommand):
                         "rank": s["n"],
                         "source": s["source"],
                         "title": s["title"],
+                        "url": s.get("url") or None,
+                        "modified": s.get("modified"),
                         "heading": s["heading"],
                         "page": s["page"],
                         "score": s["score"],

@@ -6,14 +6,13 @@ import json
 import time
 from pathlib import Path
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from ingestion.processing import documents_process
 from ingestion.status import documents_recover_stale
 from kb import access, selectors
-from kb.models import FINISHED, Document
+from kb.management.cli import process_inline
+from kb.models import FINISHED
 from kb.services.collections import collection_create
 from kb.services.documents import batch_add_file, batch_create
 
@@ -65,21 +64,12 @@ class Command(BaseCommand):
         for file, source_path in tqdm(files, desc="storing", unit="file", disable=quiet):
             try:
                 with file.open("rb") as handle:
-                    batch_add_file(
-                        user=operator, batch=batch, file=handle, name=source_path, enqueue=not inline
-                    )
+                    batch_add_file(user=operator, batch=batch, file=handle, name=source_path, enqueue=not inline)
             except OSError as exc:
                 errors.append({"source": source_path, "reason": str(exc)})
         batch_documents = selectors.batch_document_list(user=operator, batch=batch)
         if inline:
-            pending = list(batch_documents.filter(status=Document.Status.QUEUED).values_list("pk", flat=True))
-            bar = tqdm(total=len(pending), desc="indexing", unit="doc", disable=quiet)
-            size = max(1, settings.KB_INGEST_GROUP)  # documents embedded in one pass
-            for first in range(0, len(pending), size):
-                group = pending[first : first + size]
-                documents_process(document_ids=group)
-                bar.update(len(group))
-            bar.close()
+            process_inline(user=operator, batch=batch, quiet=quiet)
         else:
             self._wait(batch_documents, quiet=quiet, timeout=timeout)
         batch.refresh_from_db()

@@ -54,6 +54,9 @@ class Collection(models.Model):
     # While a re-index runs: the model and generation of its staged chunks; None otherwise.
     reindex_model = models.JSONField(null=True, blank=True, editable=False)
     reindex_generation = models.BigIntegerField(null=True, blank=True, editable=False)
+    # Passages from documents not changed at their source for longer than this are flagged
+    # as possibly out of date beside an answer; None: never.
+    stale_after_days = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -212,6 +215,17 @@ class Document(models.Model):
     batch = models.ForeignKey(UploadBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="documents")
     # The archive a document came from ("" for a single file): re-uploading it removes vanished pages.
     source_archive = models.CharField(max_length=300, blank=True)
+    # The source that syncs it (None for uploads): the sync adds, replaces and removes it.
+    source = models.ForeignKey("kb.Source", null=True, blank=True, on_delete=models.SET_NULL, related_name="documents")
+    # The source's version marker for the page (blob id, version number, revision, hash):
+    # the same ref next sync means unchanged, and the page is not even fetched.
+    source_ref = models.CharField(max_length=200, blank=True)
+    # The page's own address (a wiki page, a site's URL, the file in a Git web view): citations link to it.
+    url = models.URLField(max_length=2000, blank=True)
+    # When the page last changed at its source (commit date, Last-Modified, page version), and
+    # when a sync last found it there.
+    source_modified = models.DateTimeField(null=True, blank=True)
+    seen_at = models.DateTimeField(null=True, blank=True)
     # Front matter, folder breadcrumb and links to other pages, as the reader found them.
     metadata = models.JSONField(default=dict, blank=True)
     # Times processing started for this version: a stale job is re-queued once, then failed.
