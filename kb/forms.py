@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from kb.models import Feedback, Role
+from kb.models import Feedback, Role, Source
 
 
 class CollectionForm(forms.Form):
@@ -82,3 +82,66 @@ class GrantForm(forms.Form):
 
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=100, label="Token name", help_text="What will use it, e.g. “nightly sync”.")
+
+
+def _lines(value: str) -> list[str]:
+    return [line.strip() for line in (value or "").replace(",", "\n").splitlines() if line.strip()]
+
+
+class SourceForm(forms.Form):
+    """A new source: where it is, what to read of it, how often, and the credentials it needs."""
+
+    kind = forms.ChoiceField(choices=Source.Kind.choices, label="Kind")
+    location = forms.CharField(
+        max_length=2000, label="Location",
+        help_text="A start URL, the wiki's address, a repository URL, or a folder on the server.",
+    )  # fmt: skip
+    name = forms.CharField(
+        max_length=100, required=False, label="Name", help_text="Optional; the first folder of its pages."
+    )
+    branch = forms.CharField(max_length=200, required=False, label="Branch (Git)")
+    include = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}), required=False, label="Include (globs, one a line)"
+    )
+    exclude = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}), required=False, label="Exclude (globs, one a line)"
+    )
+    every_minutes = forms.IntegerField(
+        min_value=1, required=False, label="Sync every (minutes)", help_text="Empty: only when asked."
+    )
+    space = forms.CharField(max_length=255, required=False, label="Space key (Confluence)")
+    namespaces = forms.CharField(
+        max_length=200, required=False, label="Namespaces (MediaWiki)", help_text="Numbers, e.g. 0, 4; empty: 0."
+    )
+    prefix = forms.CharField(max_length=500, required=False, label="Path prefix (web)", help_text="e.g. /handbook/")
+    sitemap = forms.URLField(max_length=2000, required=False, label="Sitemap URL (web)", assume_scheme="https")
+    web_url = forms.CharField(
+        max_length=2000, required=False, label="Page address template (Git)",
+        help_text="e.g. https://git.example/team/wiki/blob/{commit}/{path}",
+    )  # fmt: skip
+    attachments = forms.BooleanField(required=False, label="Read attachments (Confluence)")
+    username = forms.CharField(max_length=200, required=False, label="User name")
+    token = forms.CharField(
+        max_length=2000, required=False, label="Token or password",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted and never shown again.",
+    )  # fmt: skip
+
+    def clean_namespaces(self) -> list[int]:
+        try:
+            return [int(n) for n in _lines(self.cleaned_data["namespaces"])]
+        except ValueError:
+            raise forms.ValidationError("Namespaces are numbers, e.g. 0, 4.") from None
+
+    def service_arguments(self) -> dict:
+        """The cleaned form as source_add's keyword arguments."""
+        d = self.cleaned_data
+        return {
+            "kind": d["kind"], "location": d["location"], "name": d["name"], "branch": d["branch"],
+            "include": _lines(d["include"]), "exclude": _lines(d["exclude"]), "every_minutes": d["every_minutes"],
+            "options": {
+                "space": d["space"], "namespaces": d["namespaces"], "prefix": d["prefix"], "sitemap": d["sitemap"],
+                "web_url": d["web_url"], "attachments": d["attachments"] or None,
+            },
+            "secret": {"username": d["username"], "token": d["token"]},
+        }  # fmt: skip

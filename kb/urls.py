@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from kb.views import account, ask, collections, pages
+from kb.views import account, ask, collections, pages, sources
 
 urlpatterns = [
     path("", pages.home, name="home"),
@@ -16,6 +16,10 @@ urlpatterns = [
     path("collections/<int:pk>/", pages.collection_detail, name="collection_detail"),
     path("collections/<int:pk>/upload/", pages.document_upload, name="document_upload"),
     path("collections/<int:pk>/ask/", ask.collection_ask, name="collection_ask"),
+    path("collections/<int:pk>/sources/new/", sources.source_create, name="source_create"),
+    path("sources/<int:pk>/", sources.source_detail, name="source_detail"),
+    path("sources/<int:pk>/sync/", sources.source_sync, name="source_sync"),
+    path("sources/<int:pk>/remove/", sources.source_remove, name="source_remove"),
     path("batches/<int:pk>/cancel/", pages.batch_cancel, name="batch_cancel"),
     path("documents/<int:pk>/", pages.document_detail, name="document_detail"),
     path("documents/<int:pk>/download/", pages.document_download, name="document_download"),

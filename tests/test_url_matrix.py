@@ -16,7 +16,7 @@ from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from kb.access import system_user
-from kb.models import Conversation, Message, Role, UploadBatch
+from kb.models import Conversation, Message, Role, Source, UploadBatch
 from kb.services.collections import collection_grant
 from kb.services.tokens import api_token_create
 from tests.factories import add_document, make_collection, make_group, make_user
@@ -34,6 +34,7 @@ PAGE = _row(302, 200, 200, 200, 200, 200, 200)  # any signed-in user
 READ = _row(302, 404, 200, 200, 200, 200, 200)  # readers of the collection
 READ_REDIRECT = _row(302, 404, 302, 302, 302, 302, 302)
 EDIT = _row(302, 404, 404, 302, 302, 404, 302)  # editors and up
+EDIT_GET = _row(302, 404, 404, 200, 200, 404, 200)
 MANAGE_GET = _row(302, 404, 404, 404, 200, 404, 200)  # owners and staff
 MANAGE = _row(302, 404, 404, 404, 302, 404, 302)
 MINE_GET = _row(302, 404, 200, 404, 404, 404, 404)  # the viewer's own conversation, no one else's
@@ -53,6 +54,10 @@ EXPECTED = {
     "document_download": ("get", ["document"], None, READ),
     "document_delete": ("post", ["document"], {}, EDIT),
     "batch_cancel": ("post", ["batch"], {}, EDIT),
+    "source_create": ("get", ["collection"], None, EDIT_GET),
+    "source_detail": ("get", ["source"], None, READ),
+    "source_sync": ("post", ["source"], {}, EDIT),
+    "source_remove": ("post", ["source"], {}, EDIT),
     "chunk_detail": ("get", ["chunk"], None, READ_REDIRECT),
     "conversation_detail": ("get", ["conversation"], None, MINE_GET),
     "conversation_ask": ("post", ["conversation"], {"question": "And the restore?"}, MINE),
@@ -127,6 +132,7 @@ def world():
         "conversation": conversation, "message": message, "token": token,
         "grant": collection.grants.get(user=users["viewer"]),
         "batch": UploadBatch.objects.create(collection=collection, created_by=users["editor"], label="2 files"),
+        "source": Source.objects.create(collection=collection, name="wiki", kind="web", location="https://wiki.example/"),
     }  # fmt: skip
     return {"users": users, "objects": objects, "tokens": raw_tokens, "collection": collection}
 
@@ -192,8 +198,8 @@ def _unmasked(html: bytes) -> str:
 def test_no_route_answers_403_for_hidden_objects(client, world):
     """A stranger probing ids that exist and ids that do not gets the same answer."""
     client.force_login(world["users"]["no_grant"])
-    for name in ("collection_detail", "document_detail", "document_download", "collection_access"):
-        obj = world["objects"]["collection" if name.startswith("collection") else "document"]
+    for name in ("collection_detail", "document_detail", "document_download", "collection_access", "source_detail"):
+        obj = world["objects"][name.split("_")[0]]
         real = client.get(reverse(name, args=[obj.pk]))
         missing = client.get(reverse(name, args=[obj.pk + 10_000]))
         assert real.status_code == missing.status_code == 404

@@ -77,6 +77,7 @@ def _collection_context(request: HttpRequest, collection) -> dict:
         "upload_form": UploadForm(),
         "ask_form": AskForm(),
         "conversations": selectors.conversation_list(user=request.user)[:20],
+        "sources": selectors.source_list(user=request.user, collection=collection),
     }
 
 
