@@ -40,6 +40,9 @@ def _source_entry(n: int, hit: retrieval.Hit) -> dict:
         "collection_id": chunk.collection_id,
         "title": chunk.document.title,
         "source": chunk.document.source_path,
+        # The page's own address where its source has one (a wiki page, a site, a Git web view).
+        "url": chunk.document.url,
+        "modified": chunk.document.source_modified.isoformat() if chunk.document.source_modified else None,
         "heading": chunk.heading_path or None,
         "page": chunk.page,
         "score": round(hit.score, 6),

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
 from django.db.models.functions import Cast
+from django.utils import timezone
 from pgvector.django import CosineDistance, VectorField
 
 from ingestion.spec import EmbedSpec
@@ -428,6 +429,26 @@ def diversify_ties(hits: list[Hit]) -> list[Hit]:
     return out
 
 
+def prefer_recent(hits: list[Hit], *, weight: float, half_life_days: float, now=None) -> list[Hit]:
+    """Add a small bonus for pages changed recently at their source, then re-sort.
+
+    At most `weight`, halving every `half_life_days` of age (the source's last change, else
+    when kb got the document). Far smaller than the fused scores' steps between ranks, it
+    only re-orders near-ties: of two passages that match alike, the newer is shown first.
+    When every document has the same age (one upload) it adds the same to all and changes nothing.
+    """
+    if weight <= 0 or not hits:
+        return hits
+    now = now or timezone.now()
+    for hit in hits:
+        changed = hit.chunk.document.source_modified or hit.chunk.document.created_at
+        # Whole days: documents of one day's upload keep exactly equal scores, so ties between
+        # them are still spread across documents (diversify_ties) as before.
+        age_days = max(0, (now - changed).days)
+        hit.score += weight * 0.5 ** (age_days / half_life_days)
+    return sorted(hits, key=lambda h: -h.score)
+
+
 def refine(hits: list[Hit], *, top_k: int) -> list[Hit]:
     """Merge neighbours, drop near-duplicates, spread ties across documents, keep the best `top_k`."""
     hits = merge_adjacent(hits)
@@ -537,6 +558,7 @@ def search(
         for pk, score, dr, kr in pool
         if pk in by_pk
     ]
+    hits = prefer_recent(hits, weight=settings.KB_RECENCY_WEIGHT, half_life_days=settings.KB_RECENCY_HALF_LIFE_DAYS)
     hits = refine(hits, top_k=len(hits) if reranking else top_k)
     timings.fuse_ms = _ms(t)
     reranked = False
