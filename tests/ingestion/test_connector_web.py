@@ -15,7 +15,9 @@ from ingestion.connectors import web as web_module
 from ingestion.connectors.base import Limits, Page, SourceConfig, SourceError
 from ingestion.connectors.net import RefusedAddress
 from ingestion.connectors.web import WebConnector, normalise_url, url_to_path
-from tests.ingestion.test_connector_net import LOCAL, Site
+from tests.site_standin import Site
+
+LOCAL = frozenset({"127.0.0.1"})
 
 PDF = b"%PDF-1.4\n% a tiny stand-in\n"
 
