@@ -55,3 +55,9 @@ def test_a_malformed_credentials_key_is_one_line_naming_the_variable():
     result = manage("check", env={"KB_CREDENTIALS_KEY": "not-a-fernet-key"})
     assert result.returncode != 0 and "KB_CREDENTIALS_KEY must hold Fernet keys" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_kb_commands_on_a_database_never_migrated_say_to_migrate_first(tmp_path):
+    result = manage("kb_source", "list", env={"KB_VAR_DIR": str(tmp_path / "var")})
+    assert result.returncode != 0 and "run `python manage.py migrate` first" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
