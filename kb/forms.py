@@ -52,6 +52,11 @@ class CollectionSettingsForm(forms.Form):
     name = forms.CharField(max_length=200)
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     open_to_all = forms.BooleanField(required=False, label="Open to all signed-in users (as viewers)")
+    stale_after_days = forms.IntegerField(
+        min_value=1, required=False, label="Flag passages unchanged for more than (days)",
+        help_text="Beside an answer, a source page not changed at its source for longer is marked "
+        "“may be out of date”. Empty: never.",
+    )  # fmt: skip
 
 
 class GrantForm(forms.Form):

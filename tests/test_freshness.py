@@ -8,11 +8,12 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.urls import reverse
 from django.utils import timezone
 
 from kb import retrieval, selectors
-from kb.models import Document
-from tests.factories import add_document, make_collection
+from kb.models import Conversation, Document, Message
+from tests.factories import add_document, make_collection, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -95,3 +96,28 @@ def test_kb_ask_json_sources_carry_the_pages_own_address():
     )
     record = json.loads(out.getvalue().strip().splitlines()[-1])
     assert record["sources"][0]["url"] == "https://wiki.example/Travel"
+
+
+def test_an_owner_sets_the_limit_and_the_answer_page_flags_the_old_page(client):
+    owner = make_user()
+    collection = make_collection("travel", owner=owner)
+    old = _aged(add_document(collection, "wiki/travel.md", OLD_POLICY), 800)
+    Document.objects.filter(pk=old.pk).update(url="https://wiki.example/Travel")
+    client.force_login(owner)
+    response = client.post(reverse("collection_settings", args=[collection.pk]),
+                           {"name": "travel", "description": "", "stale_after_days": "365"})  # fmt: skip
+    assert response.status_code == 302
+    collection.refresh_from_db()
+    assert collection.stale_after_days == 365
+    chunk = old.chunks.first()
+    conversation = Conversation.objects.create(user=owner, title="travel")
+    conversation.collections.set([collection])
+    Message.objects.create(
+        conversation=conversation, question="How are train tickets booked?", answer="Through the travel desk [1].",
+        status=Message.Status.COMPLETE, sources=[{
+            "n": 1, "chunk_id": chunk.pk, "document_id": old.pk, "collection_id": collection.pk, "title": old.title,
+            "source": old.source_path, "heading": None, "page": None, "score": 1.0, "text": chunk.text,
+        }],
+    )  # fmt: skip
+    page = client.get(reverse("conversation_detail", args=[conversation.pk])).content.decode()
+    assert "may be out of date" in page and 'href="https://wiki.example/Travel"' in page and "updated" in page

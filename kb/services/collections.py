@@ -36,9 +36,11 @@ def collection_create(*, user, name: str, description: str = "", open_to_all: bo
 
 @transaction.atomic
 def collection_update(
-    *, actor, collection: Collection, name: str, description: str = "", open_to_all: bool = False
-) -> Collection:
-    """Rename a collection, change its description or whether every signed-in user reads it."""
+    *, actor, collection: Collection, name: str, description: str = "", open_to_all: bool = False,
+    stale_after_days: int | None = None,
+) -> Collection:  # fmt: skip
+    """Rename a collection, change its description, whether every signed-in user reads it, and
+    after how many days unchanged its passages are flagged as possibly out of date."""
     _require_manage(actor, collection)
     name = name.strip()
     if problem := selectors.collection_name_problem(name=name, exclude_pk=collection.pk):
@@ -48,8 +50,11 @@ def collection_update(
         changes["name"] = [collection.name, name]
     if open_to_all != collection.open_to_all:
         changes["open_to_all"] = [collection.open_to_all, open_to_all]
+    if stale_after_days != collection.stale_after_days:
+        changes["stale_after_days"] = [collection.stale_after_days, stale_after_days]
     collection.name, collection.description, collection.open_to_all = name, description, open_to_all
-    collection.save(update_fields=["name", "description", "open_to_all"])
+    collection.stale_after_days = stale_after_days
+    collection.save(update_fields=["name", "description", "open_to_all", "stale_after_days"])
     if changes:
         access.forget()
         audit_record(actor=actor, action="collection.update", collection=collection, target=name, **changes)

@@ -13,21 +13,23 @@ import hashlib
 import io
 import logging
 import re
+import threading
 from collections.abc import Iterable
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from ingestion import queue
 from ingestion.connectors import KINDS, Limits, Listing, SourceConfig, SourceError, open_connector, selected
 from kb import access, credentials
 from kb.audit import audit_record
-from kb.models import BatchSummary, Collection, Document, Source, SourceRun, UploadBatch
+from kb.models import BatchSummary, Collection, Document, InvalidTransition, Source, SourceRun, UploadBatch
 from kb.services.documents import PageOrigin, document_relocate, document_upload, documents_remove
 
 logger = logging.getLogger(__name__)
@@ -245,9 +247,11 @@ def source_sync(*, user, source_id: int, trigger: str = SourceRun.Trigger.SCHEDU
         config = source_config(source)
         connector = open_connector(config)
         try:
-            known = _known(source)
-            listing = connector.list_pages(known={p: d.source_ref for p, d in known.items()}, cursor=source.cursor)
-            _store(user, source, run, connector, listing, known, summary, enqueue=enqueue)
+            with _heartbeat(run.pk):
+                known = _known(source)
+                refs = {p: d.source_ref for p, d in known.items()}
+                listing = connector.list_pages(known=refs, cursor=source.cursor)
+                _store(user, source, run, connector, listing, known, summary, enqueue=enqueue)
         finally:
             connector.close()
     except (SourceError, credentials.CredentialsUnreadable) as exc:
@@ -255,6 +259,32 @@ def source_sync(*, user, source_id: int, trigger: str = SourceRun.Trigger.SCHEDU
     source.cursor = listing.cursor
     source.save(update_fields=["cursor"])
     return _finish(source, run, summary)
+
+
+@contextmanager
+def _heartbeat(run_id: int):
+    """Keep the run's heartbeat fresh while it works, however long one step takes.
+
+    A thread with its own database connection: listing a large site with a politeness delay
+    blocks for many minutes, and a run silent for KB_SOURCE_STALE_SECONDS would be taken over.
+    """
+    every = max(1.0, min(60.0, settings.KB_SOURCE_STALE_SECONDS / 4))
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(every):
+                SourceRun.objects.running().filter(pk=run_id).update(heartbeat_at=timezone.now())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=beat, name=f"source-run-{run_id}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every + 5)
 
 
 def _known(source: Source) -> dict[str, Document]:
@@ -341,7 +371,14 @@ def _finish(source: Source, run: SourceRun, summary: BatchSummary, *, error: str
         UploadBatch.objects.filter(pk=run.batch_id).update(summary=summary.as_json())
     if error:
         logger.warning("source %s (%s): sync failed: %s", source.pk, source.name, error)
-        run.move(SourceRun.Status.FAILED, summary=data, error=error[:2000])
-    else:
-        run.move(SourceRun.Status.DONE, summary=data)
+    try:
+        if error:
+            run.move(SourceRun.Status.FAILED, summary=data, error=error[:2000])
+        else:
+            run.move(SourceRun.Status.DONE, summary=data)
+    except InvalidTransition:
+        # A worker that stalled past KB_SOURCE_STALE_SECONDS and woke up: another attempt took
+        # the run over and ended it. What this one stored is kept; the run says what that one found.
+        logger.warning("source %s: run %s was finished by another attempt", source.pk, run.pk)
+        run.refresh_from_db()
     return run

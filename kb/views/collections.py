@@ -28,6 +28,7 @@ def _access_context(request: HttpRequest, collection, *, settings_form=None, gra
                 "name": collection.name,
                 "description": collection.description,
                 "open_to_all": collection.open_to_all,
+                "stale_after_days": collection.stale_after_days,
             }
         ),  # fmt: skip
         "grant_form": grant_form or GrantForm(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 import pytest
@@ -247,3 +248,31 @@ def test_a_connector_error_message_is_the_runs_reason(wiki, monkeypatch):
     monkeypatch.setattr(source_services, "open_connector", refuse)
     run = _sync(source)
     assert run.status == SourceRun.Status.FAILED and run.error == "Refused http://10.0.0.1/: a private address."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_listing_keeps_the_runs_heartbeat_fresh_so_it_is_not_taken_over(wiki, settings, monkeypatch):
+    settings.KB_SOURCE_STALE_SECONDS = 4  # a heartbeat each second
+    source = _folder(make_collection(), wiki)
+    from ingestion.connectors.folder import FolderConnector
+
+    real_list = FolderConnector.list_pages
+    beats = []
+
+    rival, listings = [], []
+
+    def slow_list(self, **kwargs):
+        listings.append(1)
+        if len(listings) == 1:  # the first run's listing is slow; a rival's (if one wrongly starts) is not
+            run = SourceRun.objects.get(source=source)
+            for _ in range(6):  # a crawl with a politeness delay: six seconds without storing a page
+                time.sleep(1)
+                beats.append(SourceRun.objects.get(pk=run.pk).heartbeat_at)
+            rival.append(source_sync(user=system_user(), source_id=source.pk, enqueue=False))
+        return real_list(self, **kwargs)
+
+    monkeypatch.setattr(FolderConnector, "list_pages", slow_list)
+    run = source_sync(user=system_user(), source_id=source.pk, enqueue=False)
+    assert rival == [None]  # a second start found the run alive and did not take it over
+    assert run.status == SourceRun.Status.DONE and run.attempts == 1
+    assert len(set(beats)) >= 3  # the heartbeat moved while nothing was stored
