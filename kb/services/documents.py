@@ -371,7 +371,11 @@ def document_relocate(*, user, document: Document, source_path: str, origin: Pag
     if not access.can_edit(user, document.collection):
         raise PermissionError("You cannot change documents of this collection.")
     old_path = document.source_path
-    document.source_path = _clean_source_path(source_path)
+    source_path = _clean_source_path(source_path)
+    taken = Document.objects.filter(collection=document.collection, source_path=source_path).exclude(pk=document.pk)
+    if taken.exists():
+        raise ValidationError(f"{source_path} is already in the collection.")
+    document.source_path = source_path
     document.title = origin.title[:500] or _title_from(document.source_path)
     for name, value in origin.fields(timezone.now()).items():
         setattr(document, name, value)

@@ -276,3 +276,15 @@ def test_a_long_listing_keeps_the_runs_heartbeat_fresh_so_it_is_not_taken_over(w
     assert rival == [None]  # a second start found the run alive and did not take it over
     assert run.status == SourceRun.Status.DONE and run.attempts == 1
     assert len(set(beats)) >= 3  # the heartbeat moved while nothing was stored
+
+
+def test_a_page_moved_onto_the_path_of_an_uploaded_document_is_refused_not_a_crash(wiki):
+    collection = make_collection()
+    source = _folder(collection, wiki, name="wiki")
+    _sync(source)
+    upload_document(collection, "wiki/remote-access.md", "# Remote access\n\nWritten by hand.")
+    (wiki / "vpn.md").rename(wiki / "remote-access.md")
+    run = _sync(source)
+    assert run.status == SourceRun.Status.DONE
+    assert any(e["source"] == "wiki/remote-access.md" for e in run.summary["errors"])
+    assert Document.objects.get(source_path="wiki/remote-access.md").source is None
