@@ -13,11 +13,11 @@ from __future__ import annotations
 import base64
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, quote_plus, unquote, urlencode, urlsplit
 
-from tests.standins import send_json
+from tests.standins import LoopbackStandin, send_json
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Seen:
     headers: dict[str, str]
 
 
-class ConfluenceStandin:
+class ConfluenceStandin(LoopbackStandin):
     """`with ConfluenceStandin(...) as wiki:` runs it on a free port; `wiki.url` is the base URL."""
 
     def __init__(
@@ -74,7 +74,6 @@ class ConfluenceStandin:
         self.fail: dict[str, int] = {}  # path (after the context) -> HTTP status to answer instead
         self._next_id = 1000
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     # --- content a test changes -----------------------------------------------------------
 
@@ -111,27 +110,13 @@ class ConfluenceStandin:
     # --- server ---------------------------------------------------------------------------
 
     @property
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler  # defined below, with the answers
+
+    @property
     def url(self) -> str:
         assert self._server is not None, "start the stand-in first"
         return f"http://127.0.0.1:{self._server.server_address[1]}{self.context}"
-
-    def start(self) -> ConfluenceStandin:
-        handler = type("Handler", (_Handler,), {"standin": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> ConfluenceStandin:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     # --- answers --------------------------------------------------------------------------
 

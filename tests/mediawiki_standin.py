@@ -16,11 +16,11 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.standins import send_json
+from tests.standins import LoopbackStandin, send_json
 
 NAMESPACES = {
     -2: "Media",
@@ -59,7 +59,7 @@ class Seen:
     headers: dict[str, str]
 
 
-class MediaWikiStandin:
+class MediaWikiStandin(LoopbackStandin):
     """`with MediaWikiStandin(...) as wiki:` runs it on a free port; `wiki.url` is the script path URL."""
 
     def __init__(
@@ -81,7 +81,6 @@ class MediaWikiStandin:
         self._revid = 100
         self._clock = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     # --- content a test changes -----------------------------------------------------------
 
@@ -126,26 +125,12 @@ class MediaWikiStandin:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     @property
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler  # defined below, with the answers
+
+    @property
     def url(self) -> str:
         return f"{self.origin}{self.script_path}/"
-
-    def start(self) -> MediaWikiStandin:
-        handler = type("Handler", (_Handler,), {"standin": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> MediaWikiStandin:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     # --- answers --------------------------------------------------------------------------
 

@@ -15,14 +15,13 @@ of the wrong shape).
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from tests.standins import send_json
+from tests.standins import loopback_server, send_json
 
 
 @dataclass
@@ -86,11 +85,5 @@ def _handler(behaviour: RerankerBehaviour):
 @contextmanager
 def reranker_standin(behaviour: RerankerBehaviour) -> Iterator[str]:
     """Serve the stand-in on a free local port; yields its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(behaviour))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(_handler(behaviour)) as url:
+        yield url

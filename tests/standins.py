@@ -89,6 +89,50 @@ class _Handler(BaseHTTPRequestHandler):
         send_json(self, status, payload)
 
 
+def start_loopback_server(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """`handler` served on a free port of 127.0.0.1 by a thread; shut it down with stop_server."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def stop_server(server: ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+@contextmanager
+def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler` on 127.0.0.1 for the block; yields the base URL."""
+    server = start_loopback_server(handler)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        stop_server(server)
+
+
+class LoopbackStandin:
+    """A stand-in server object: `with Standin(...) as s:` serves `handler_class` (given `standin`)."""
+
+    handler_class: type[BaseHTTPRequestHandler]
+    _server: ThreadingHTTPServer | None = None
+
+    def start(self):
+        self._server = start_loopback_server(type("Handler", (self.handler_class,), {"standin": self}))
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            stop_server(self._server)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
 def send_json(handler: BaseHTTPRequestHandler, status: int, payload) -> None:
     """Answer a stand-in's request with `payload` as JSON (the reranker stand-in uses it too)."""
     data = json.dumps(payload).encode()

@@ -4,10 +4,7 @@ answer cites the page with a link to the page's own address on that site."""
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 
 import pytest
 from django.contrib.auth.models import User
@@ -16,6 +13,7 @@ from playwright.sync_api import expect
 from kb.access import system_user
 from kb.services.collections import collection_create, collection_grant
 from tests.helpers import ARTIFACTS, PASSWORD, celery_worker, kb_web_server, sign_in
+from tests.standins import loopback_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -48,18 +46,6 @@ class _Site(SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
 
-@contextmanager
-def intranet() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_an_editor_adds_a_site_and_an_answer_links_to_the_original_page(page, model_server, tmp_path):
     User.objects.create_user("editor", password=PASSWORD)
     collection = collection_create(user=system_user(), name="Facilities")
@@ -67,7 +53,7 @@ def test_an_editor_adds_a_site_and_an_answer_links_to_the_original_page(page, mo
                      role="editor")  # fmt: skip
     # The stand-in intranet listens on loopback, which kb refuses unless the operator allows it.
     env = {"KB_SOURCE_ALLOWED_HOSTS": "127.0.0.1", "KB_SOURCE_DELAY": "0"}
-    with intranet() as site, celery_worker(env), kb_web_server(env) as base:
+    with loopback_server(_Site) as site, celery_worker(env), kb_web_server(env) as base:
         sign_in(page, base, "editor")
         page.goto(f"{base}/collections/{collection.pk}/")
         page.get_by_role("link", name="Add a source").click()

@@ -14,9 +14,10 @@ never contains credentials.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -98,3 +99,25 @@ def selected(path: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> b
     if include and not any(fnmatch.fnmatchcase(path, pattern) for pattern in include):
         return False
     return not any(fnmatch.fnmatchcase(path, pattern) for pattern in exclude)
+
+
+MAX_SEGMENT = 150  # characters of one title in a path, so paths stay within file-name limits
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def safe_segment(title: str) -> str:
+    """A page title as one path segment: no slashes or control characters, never empty or dots only."""
+    segment = _CONTROL.sub(" ", title).replace("/", "-").replace("\\", "-").strip()
+    segment = segment.lstrip(".").strip()[:MAX_SEGMENT].strip()
+    return segment or "untitled"
+
+
+def parse_iso_datetime(value: Any) -> datetime | None:
+    """An ISO 8601 time from a wiki's API ("2024-05-02T10:15:30.000Z", "...+02:00"), aware; None if unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

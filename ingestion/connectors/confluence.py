@@ -17,41 +17,28 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
 from atlassian import Confluence
 
-from ingestion.connectors.base import Listing, Page, SourceConfig, SourceError, selected
+from ingestion.connectors.base import (
+    Listing,
+    Page,
+    SourceConfig,
+    SourceError,
+    parse_iso_datetime,
+    safe_segment,
+    selected,
+)
 from ingestion.connectors.net import HTTPStatusError, TooLarge, fetch_bytes, guarded_session, redact_url
 
 ATTACHMENT_SUFFIXES = (".pdf", ".docx", ".md", ".txt")
 PAGE_SIZE = 100  # results a listing request asks for; the server may cap it lower
-MAX_SEGMENT = 150  # characters of one title in a path, so paths stay within file-name limits
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-def safe_segment(title: str) -> str:
-    """A title as one path segment: no slashes, no control characters, never empty or dots only."""
-    segment = _UNSAFE.sub(" ", title).replace("/", "-").replace("\\", "-").strip()
-    segment = segment.lstrip(".").strip()[:MAX_SEGMENT].strip()
-    return segment or "untitled"
-
-
-def parse_when(value: Any) -> datetime | None:
-    """Confluence's version.when ("2024-05-02T10:15:30.000Z", "...+02:00") as an aware datetime."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -269,7 +256,7 @@ class ConfluenceConnector:
             title=str(record.get("title") or ""),
             ref=str(version.get("number", "")),
             url=self._absolute(webui, base) if webui else "",
-            modified=parse_when(version.get("when")),
+            modified=parse_iso_datetime(version.get("when")),
             parent=str(ancestors[-1]["id"]) if ancestors and ancestors[-1].get("id") else None,
         )
 
@@ -314,7 +301,7 @@ class ConfluenceConnector:
                     title=title,
                     ref=str(version.get("number", "")),
                     url=self._absolute(download, base),  # as people reach it, for citations
-                    modified=parse_when(version.get("when")),
+                    modified=parse_iso_datetime(version.get("when")),
                     parent=page.id,
                     attachment=True,
                     download=self._ours(download, base),

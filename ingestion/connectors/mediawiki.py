@@ -19,7 +19,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -28,30 +28,18 @@ import mwclient
 import mwclient.errors
 import requests
 
-from ingestion.connectors.base import Listing, Page, SourceConfig, SourceError, selected
+from ingestion.connectors.base import (
+    Listing,
+    Page,
+    SourceConfig,
+    SourceError,
+    parse_iso_datetime,
+    safe_segment,
+    selected,
+)
 from ingestion.connectors.net import TooLarge, guarded_session
 
 USER_AGENT = "kb (knowledge base sync; mwclient)"
-MAX_SEGMENT = 150  # characters of one title part in a path, so paths stay within file-name limits
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-def safe_segment(text: str) -> str:
-    """One part of a title as a path segment: no backslashes or control characters, never empty or dots only."""
-    segment = _UNSAFE.sub(" ", text).replace("\\", "-").strip()
-    segment = segment.lstrip(".").strip()[:MAX_SEGMENT].strip()
-    return segment or "untitled"
-
-
-def parse_timestamp(value: Any) -> datetime | None:
-    """A MediaWiki timestamp ("2024-05-02T10:15:30Z") as an aware datetime."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 class MediaWikiConnector:
@@ -200,7 +188,7 @@ class MediaWikiConnector:
             if not title or not revid:
                 continue
             revisions = record.get("revisions") or [{}]
-            modified = parse_timestamp(revisions[0].get("timestamp")) or parse_timestamp(record.get("touched"))
+            modified = parse_iso_datetime(revisions[0].get("timestamp")) or parse_iso_datetime(record.get("touched"))
             if modified and (newest is None or modified > newest):
                 newest = modified
             path = self._path(site, title, int(record.get("ns") or 0))

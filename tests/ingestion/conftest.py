@@ -1,10 +1,32 @@
-"""Fixtures for the ingestion tests: the real default embedder, loaded once per session."""
+"""Fixtures for the ingestion tests: the real default embedder (loaded once per session), and
+for the connectors a loopback site and a guard against any other connection."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import urllib3.util.connection
+
+from tests.site_standin import Site
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    server = Site()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def no_connect(monkeypatch):
+    """Fail the test if any connection is attempted (the guard must refuse before that)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a connection was attempted: {args}")
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import base64
 import os
 import subprocess
 import threading
-import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,15 +18,6 @@ from ingestion.connectors.base import Limits, Page, SourceConfig, SourceError
 from ingestion.connectors.git import GitConnector
 
 TOKEN = "glpat-SECRET-token-1234"
-
-
-def net_ready() -> None:
-    """net.py (check_url) is written alongside this module; remote-URL tests need it."""
-    for _ in range(60):
-        if (Path(git_module.__file__).parent / "net.py").exists():
-            return
-        time.sleep(1)
-    pytest.skip("ingestion/connectors/net.py is not there yet")
 
 
 def git(repo: Path, *args: str, date: str = "2024-01-01T12:00:00+00:00") -> str:
@@ -294,7 +284,6 @@ def _no_git(*args, **kwargs):
     ],
 )
 def test_private_remotes_are_refused_before_any_connection(location: str, tmp_path: Path, monkeypatch):
-    net_ready()
     monkeypatch.setattr(subprocess, "Popen", _no_git)
     with pytest.raises(SourceError, match="Refused") as refused:
         make(location, (tmp_path,))
@@ -331,7 +320,6 @@ def loopback_git():
 
 
 def test_credentials_travel_in_the_environment_never_in_argv_nor_messages(loopback_git, tmp_path: Path, monkeypatch):
-    net_ready()
     calls: list[tuple[list[str], dict[str, str]]] = []
     real_popen = subprocess.Popen
 
@@ -364,7 +352,6 @@ def test_credentials_travel_in_the_environment_never_in_argv_nor_messages(loopba
 
 
 def test_no_credentials_needed_message(loopback_git, tmp_path: Path):
-    net_ready()
     limits = Limits(roots=(tmp_path,), allowed_hosts=frozenset({"127.0.0.1"}), timeout=5)
     connector = make(f"http://127.0.0.1:{loopback_git}/wiki.git", (tmp_path,), limits=limits, branch="main")
     with pytest.raises(SourceError, match="needs credentials"):
@@ -373,7 +360,6 @@ def test_no_credentials_needed_message(loopback_git, tmp_path: Path):
 
 
 def test_host_names_are_pinned_to_the_checked_addresses(loopback_git, tmp_path: Path, monkeypatch):
-    net_ready()
     calls: list[list[str]] = []
     real_popen = subprocess.Popen
     monkeypatch.setattr(
@@ -426,7 +412,6 @@ class _Redirector(BaseHTTPRequestHandler):
 
 
 def test_redirects_are_not_followed(tmp_path: Path):
-    net_ready()
     _Redirector.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)
     threading.Thread(target=server.serve_forever, daemon=True).start()

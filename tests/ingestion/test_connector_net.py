@@ -10,13 +10,11 @@ import gzip
 import ipaddress
 import socket
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
-import urllib3.util.connection
 
 from ingestion.connectors.base import Limits, SourceError
 from ingestion.connectors.net import (
@@ -32,13 +30,6 @@ from ingestion.connectors.net import (
 from tests.site_standin import Site
 
 LOCAL = frozenset({"127.0.0.1"})
-
-
-@pytest.fixture
-def site() -> Iterator[Site]:
-    server = Site()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -71,16 +62,6 @@ def fake_dns(monkeypatch):
         return lookups
 
     return install
-
-
-@pytest.fixture
-def no_connect(monkeypatch):
-    """Fail the test if any connection is attempted (the guard must refuse before that)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a connection was attempted: {args}")
-
-    monkeypatch.setattr(urllib3.util.connection, "create_connection", refuse)
 
 
 # --- refused before any connection ---------------------------------------------------------------

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-import urllib3.util.connection
 
 from ingestion.connectors import open_connector
 from ingestion.connectors import web as web_module
@@ -56,23 +54,6 @@ def crawl(connector: WebConnector):
         return connector.list_pages(known={}, cursor={})
     finally:
         connector.close()
-
-
-@pytest.fixture
-def site() -> Iterator[Site]:
-    server = Site()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def no_connect(monkeypatch):
-    """Fail the test if any connection is attempted."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a connection was attempted: {args}")
-
-    monkeypatch.setattr(urllib3.util.connection, "create_connection", refuse)
 
 
 @pytest.fixture(autouse=True)
