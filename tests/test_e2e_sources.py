@@ -70,6 +70,9 @@ def test_an_editor_adds_a_site_and_an_answer_links_to_the_original_page(page, mo
         page.screenshot(path=str(ARTIFACTS / "source.png"), full_page=True)
 
         page.goto(f"{base}/collections/{collection.pk}/")
+        sources_card = page.locator("#sources")
+        expect(sources_card).to_contain_text("3 new")  # the collection page summarises the last run
+        page.screenshot(path=str(ARTIFACTS / "collection-sources.png"), full_page=True)
         page.fill("textarea[name=question]", "Where do visitors park?")
         page.get_by_role("button", name="Ask", exact=True).click()
         expect(page).to_have_url(re.compile(r"/conversations/\d+/$"), timeout=60_000)
