@@ -26,6 +26,7 @@ class Site:
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path, headers) in order
+        self.answers: list[tuple[str, int]] = []  # (path, status) in order
         site = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,6 +34,15 @@ class Site:
                 site.requests.append((self.path, dict(self.headers.items())))
                 route = site.routes.get(self.path, Route(b"not found", 404, {"Content-Type": "text/plain"}))
                 time.sleep(route.sleep)
+                if site.not_modified(route, self.headers):  # a conditional request that matches
+                    site.answers.append((self.path, 304))
+                    self.send_response(304)
+                    for name in ("ETag", "Last-Modified"):
+                        if name in route.headers:
+                            self.send_header(name, route.headers[name])
+                    self.end_headers()
+                    return
+                site.answers.append((self.path, route.status))
                 self.send_response(route.status)
                 for name, value in route.headers.items():
                     self.send_header(name, value)
@@ -70,6 +80,15 @@ class Site:
 
     def redirect(self, path: str, location: str, status: int = 302) -> None:
         self.routes[path] = Route(b"", status, {"Location": location})
+
+    @staticmethod
+    def not_modified(route: Route, headers) -> bool:
+        """If-None-Match naming the route's ETag, or (without it) If-Modified-Since its Last-Modified."""
+        if route.status != 200:
+            return False
+        if "If-None-Match" in headers:
+            return headers["If-None-Match"] == route.headers.get("ETag")
+        return "If-Modified-Since" in headers and headers["If-Modified-Since"] == route.headers.get("Last-Modified")
 
     def paths(self) -> list[str]:
         return [path for path, _ in self.requests]

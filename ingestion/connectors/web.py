@@ -10,6 +10,14 @@ Every request goes through net.guarded_session, and redirects are followed one h
 a redirect to another site (or a private address) ends there, it is not part of the site.
 A crawl must download pages to find their links, so list_pages keeps the bodies of the pages
 it lists in a temporary folder, and fetch() returns them without asking the site again.
+
+Later runs skip unchanged pages: the cursor keeps, per listed URL that had an ETag or
+Last-Modified, {"etag", "last_modified", "ref", "path", "title", "url", "modified", "kind",
+"links"} (links: up to MAX_STORED_LINKS same-site links of an HTML page). When kb still holds
+that ref for that path (known), the next run asks with If-None-Match / If-Modified-Since; a
+304 lists the page from the record and follows its stored links, keeping no body (kb does not
+fetch an unchanged ref; fetch() would download it again). A 200 replaces the record; a page
+that fails or is no longer listed has none in the new cursor, so it is read in full next time.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ USER_AGENT = "kb"
 MAX_CRAWL_DELAY = 60.0  # a robots.txt asking for more would stall a sync for hours
 MAX_SITEMAPS = 100  # sitemap files read from one sitemap index tree
 DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_STORED_LINKS = 2000  # links kept per page in the cursor, followed when the page answers 304
 
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
 DOCUMENT_TYPES = {
@@ -215,6 +224,27 @@ class _Response:
     body: bytes
     content_type: str
     modified: datetime | None
+    etag: str = ""
+    last_modified: str = ""
+    unchanged: bool = False  # 304 Not Modified to a conditional request: no body
+
+
+def _trusted(record: Any, known: Mapping[str, str]) -> dict[str, Any] | None:
+    """A cursor record good for a conditional request: validators, and kb holds its ref."""
+    if not isinstance(record, dict) or not (record.get("etag") or record.get("last_modified")):
+        return None
+    ok = record.get("kind") in SUFFIX_KINDS.values() and isinstance(record.get("url"), str)
+    links = record.get("links")
+    ok = ok and isinstance(links, list) and all(isinstance(link, str) for link in links)
+    ok = ok and isinstance(record.get("title"), str)
+    return record if ok and record.get("ref") and record.get("ref") == known.get(str(record.get("path"))) else None
+
+
+def _iso(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -316,6 +346,9 @@ class WebConnector:
         read: set[str] = set()  # final URLs, so two addresses redirecting to one page list it once
         taken: set[str] = set()
         fetched = 0
+        old = cursor.get("pages")
+        old = old if isinstance(old, dict) else {}
+        records: dict[str, dict[str, Any]] = {}
         while queue:
             url = queue.popleft()
             if not robots.can_fetch(url, USER_AGENT):
@@ -324,8 +357,9 @@ class WebConnector:
                 listing.complete = False
                 break
             fetched += 1
+            record = _trusted(old.get(url), known)
             try:
-                response = self._get(url)
+                response = self._get(url, record)
             except _LeftSite as exc:
                 if url == self.start and follow:
                     raise SourceError(f"{exc} Use the address it redirects to as the start URL.") from None
@@ -339,39 +373,53 @@ class WebConnector:
                 continue
             read.add(response.url)
             seen.add(response.url)
-            kind = _kind(response.content_type, response.url)
-            if kind is None:
-                continue
-            title, index = "", True
-            if kind == ".html":
-                html = _read_html(response.body, response.content_type, response.url)
-                title, index = html.title, html.index
-                if follow and html.follow:
-                    for link in html.links:
-                        if link not in seen and self._fetchable(link):
-                            seen.add(link)
-                            queue.append(link)
+            if response.unchanged and record is not None:  # a 304 lists the page as recorded
+                kind, title, index, links = record["kind"], record["title"], True, record["links"]
+                ref, modified = str(record["ref"]), _iso(record.get("modified"))
+            else:
+                kind = _kind(response.content_type, response.url)
+                if kind is None:
+                    continue
+                title, index, links = "", True, []
+                if kind == ".html":
+                    html = _read_html(response.body, response.content_type, response.url)
+                    title, index, links = html.title, html.index, html.links if html.follow else []
+                # The content's hash, not the ETag: ETags may be weak, differ between the servers
+                # behind one name, or stay put when a template changes; the body is downloaded
+                # anyway to find links, so hashing it costs nothing.
+                ref, modified = hashlib.sha256(response.body).hexdigest(), response.modified
+            for link in links if follow else []:
+                if link not in seen and self._fetchable(link):
+                    seen.add(link)
+                    queue.append(link)
             if not index or not self._in_prefix(response.url):
                 continue
             path = _unique(url_to_path(response.url, kind), response.url, taken)
             if not selected(path, self.config.include, self.config.exclude):
                 continue
-            self._store(path, response.body)
-            listing.pages.append(
-                Page(
-                    path=path,
-                    # The content's hash, not the ETag: ETags may be weak, differ between the
-                    # servers behind one name, or stay put when a template changes; the body is
-                    # downloaded anyway to find links, so hashing it costs nothing.
-                    ref=hashlib.sha256(response.body).hexdigest(),
-                    title=title,
-                    url=response.url,
-                    modified=response.modified,
-                )
-            )
+            if not response.unchanged:
+                self._store(path, response.body)
+            page = Page(path=path, ref=ref, title=title, url=response.url, modified=modified)
+            listing.pages.append(page)
+            before = record if response.unchanged and record else {}  # a 304 may leave validators out
+            etag = response.etag or before.get("etag") or ""
+            last_modified = response.last_modified or before.get("last_modified") or ""
+            if etag or last_modified:
+                same_site = (link for link in links if self._in_site(link) and _suffix(link) not in SKIPPED_SUFFIXES)
+                records[url] = {
+                    "etag": etag,
+                    "last_modified": last_modified,
+                    "ref": ref,
+                    "path": path,
+                    "title": title,
+                    "url": response.url,
+                    "modified": modified.isoformat() if modified else None,
+                    "kind": kind,
+                    "links": list(dict.fromkeys(same_site))[:MAX_STORED_LINKS],
+                }
         if listing.failures:
             listing.complete = False
-        listing.cursor = {"fetched": fetched}
+        listing.cursor = {"fetched": fetched, "pages": records}
         return listing
 
     def fetch(self, page: Page) -> bytes:
@@ -400,22 +448,38 @@ class WebConnector:
                 _sleep(wait)
         self._last_request = _clock()
 
-    def _fetch(self, url: str, *, allow_redirects: bool = True) -> tuple[bytes, requests.Response]:
+    def _fetch(
+        self, url: str, *, allow_redirects: bool = True, headers: Mapping[str, str] | None = None
+    ) -> tuple[bytes, requests.Response]:
         self._pause()
-        return fetch_bytes(self.session, url, limits=self.limits, allow_redirects=allow_redirects)
+        return fetch_bytes(self.session, url, limits=self.limits, headers=headers, allow_redirects=allow_redirects)
 
-    def _get(self, url: str) -> _Response:
-        """GET a page, following redirects one hop at a time while they stay on the site."""
+    def _get(self, url: str, record: Mapping[str, Any] | None = None) -> _Response:
+        """GET a page, following redirects one hop at a time while they stay on the site; with a
+        cursor record, the request for its final URL is conditional (a 304 comes back unchanged)."""
         robots = self._load_robots()
         current = url
         for _ in range(MAX_REDIRECTS + 1):
-            body, response = self._fetch(current, allow_redirects=False)
+            headers: dict[str, str] = {}
+            if record is not None and current == record.get("url"):
+                if record.get("etag"):
+                    headers["If-None-Match"] = str(record["etag"])
+                if record.get("last_modified"):
+                    headers["If-Modified-Since"] = str(record["last_modified"])
+            body, response = self._fetch(current, allow_redirects=False, headers=headers)
+            etag, last_modified = response.headers.get("ETag", ""), response.headers.get("Last-Modified", "")
+            if response.status_code == 304:
+                if not headers:
+                    raise SourceError(f"{redact_url(current)} answered 304 Not Modified to a plain request.")
+                return _Response(current, b"", "", None, etag, last_modified, unchanged=True)
             if not response.is_redirect:
                 return _Response(
                     url=current,
                     body=body,
                     content_type=response.headers.get("Content-Type", ""),
-                    modified=_http_date(response.headers.get("Last-Modified")),
+                    modified=_http_date(last_modified),
+                    etag=etag,
+                    last_modified=last_modified,
                 )
             target = normalise_url(urljoin(current, response.headers["Location"]))
             if target is None or not self._in_site(target) or not robots.can_fetch(target, USER_AGENT):

@@ -427,3 +427,152 @@ def test_url_to_path(url, suffix, path):
 )
 def test_normalise_url(url, normal):
     assert normalise_url(url) == normal
+
+
+# --- later runs: conditional requests ------------------------------------------------------------
+
+MODIFIED = "Tue, 03 Jun 2025 10:15:00 GMT"
+
+
+@pytest.fixture
+def tagged(site: Site) -> Site:
+    """Home → /a → /deep (only reachable through /a), /b without validators, a PDF; ETags on most."""
+    site.add("/", html("Home", "/a", "/b", "/files/x.pdf"), headers={"ETag": '"home1"'})
+    site.add("/a", html("A", "/deep"), headers={"ETag": '"a1"', "Last-Modified": MODIFIED})
+    site.add("/deep", html("Deep"), headers={"ETag": 'W/"deep1"'})
+    site.add("/b", html("B"))
+    site.add("/files/x.pdf", PDF, content_type="application/pdf", headers={"ETag": '"pdf1"'})
+    return site
+
+
+def listed(listing) -> dict[str, Page]:
+    return {page.path: page for page in listing.pages}
+
+
+def first_run(site: Site):
+    listing = crawl(make(site))
+    site.requests.clear()
+    site.answers.clear()
+    return listed(listing), listing.cursor
+
+
+def conditions(site: Site, path: str) -> dict[str, str]:
+    [headers] = [headers for where, headers in site.requests if where == path]
+    return {name: value for name, value in headers.items() if name.startswith("If-")}
+
+
+def test_the_cursor_keeps_validators_refs_and_links(tagged):
+    pages, cursor = first_run(tagged)
+    records = cursor["pages"]
+    assert set(records) == {f"{tagged.url}{path}" for path in ("/", "/a", "/deep", "/files/x.pdf")}  # /b: no validators
+    a = records[f"{tagged.url}/a"]
+    assert a == {
+        "etag": '"a1"',
+        "last_modified": MODIFIED,
+        "ref": pages["a.html"].ref,
+        "path": "a.html",
+        "title": "A",
+        "url": f"{tagged.url}/a",
+        "modified": "2025-06-03T10:15:00+00:00",
+        "kind": ".html",
+        "links": [f"{tagged.url}/deep"],
+    }
+    assert records[f"{tagged.url}/files/x.pdf"]["links"] == []
+    assert records[f"{tagged.url}/files/x.pdf"]["kind"] == ".pdf"
+
+
+def test_unchanged_pages_answer_304_and_are_listed_from_the_cursor(tagged):
+    pages, cursor = first_run(tagged)
+    connector = make(tagged)
+    try:
+        listing = connector.list_pages(known={path: page.ref for path, page in pages.items()}, cursor=cursor)
+        again = listed(listing)
+        assert again == pages  # same paths, refs, titles, URLs and times; /deep still found through /a
+        assert listing.complete is True
+        assert listing.cursor["pages"] == cursor["pages"]
+        assert dict(tagged.answers) == {
+            "/robots.txt": 404,
+            "/": 304,
+            "/a": 304,
+            "/deep": 304,
+            "/b": 200,
+            "/files/x.pdf": 304,
+        }
+        assert conditions(tagged, "/a") == {"If-None-Match": '"a1"', "If-Modified-Since": MODIFIED}
+        assert conditions(tagged, "/deep") == {"If-None-Match": 'W/"deep1"'}
+        assert conditions(tagged, "/b") == {}
+        # No body was kept for a 304 page: fetch() downloads it again, unconditionally.
+        assert connector.fetch(again["a.html"]) == html("A", "/deep").encode()
+        assert tagged.answers[-1] == ("/a", 200)
+        assert not [name for name in tagged.requests[-1][1] if name.startswith("If-")]
+    finally:
+        connector.close()
+
+
+def test_a_changed_page_is_downloaded_with_a_new_ref(tagged):
+    pages, cursor = first_run(tagged)
+    tagged.add("/a", html("A changed", "/deep"), headers={"ETag": '"a2"'})
+    connector = make(tagged)
+    try:
+        listing = connector.list_pages(known={path: page.ref for path, page in pages.items()}, cursor=cursor)
+        again = listed(listing)
+        assert again["a.html"].ref == hashlib.sha256(html("A changed", "/deep").encode()).hexdigest()
+        assert again["a.html"].ref != pages["a.html"].ref
+        assert again["a.html"].title == "A changed"
+        assert again["deep.html"] == pages["deep.html"]
+        assert ("/a", 200) in tagged.answers and ("/deep", 304) in tagged.answers
+        assert listing.cursor["pages"][f"{tagged.url}/a"]["etag"] == '"a2"'
+        assert listing.cursor["pages"][f"{tagged.url}/a"]["last_modified"] == ""
+        before = len(tagged.requests)
+        assert connector.fetch(again["a.html"]) == html("A changed", "/deep").encode()  # kept from the listing
+        assert len(tagged.requests) == before
+    finally:
+        connector.close()
+
+
+def test_no_conditional_request_when_kb_lacks_the_pages_ref(tagged):
+    pages, cursor = first_run(tagged)
+    known = {path: page.ref for path, page in pages.items() if path != "a.html"}
+    known["deep.html"] = "an older ref"  # kb holds another version (its document failed, say)
+    listing = crawl_with(tagged, known, cursor)
+    assert listed(listing) == pages
+    assert conditions(tagged, "/a") == {} and conditions(tagged, "/deep") == {}
+    assert conditions(tagged, "/") == {"If-None-Match": '"home1"'}
+    assert dict(tagged.answers)["/a"] == 200 and dict(tagged.answers)["/deep"] == 200
+    # Without kb's refs (a first sync, kb lost everything) no request is conditional.
+    tagged.requests.clear()
+    listing = crawl_with(tagged, {}, cursor)
+    assert listed(listing) == pages
+    assert all(not conditions(tagged, path) for path in ("/", "/a", "/deep", "/files/x.pdf"))
+
+
+def test_last_modified_alone_gives_if_modified_since(site):
+    site.add("/", html("Home", "/old"), headers={"Last-Modified": MODIFIED})
+    site.add("/old", "old notes", content_type="text/plain", headers={"Last-Modified": MODIFIED})
+    pages, cursor = first_run(site)
+    listing = crawl_with(site, {path: page.ref for path, page in pages.items()}, cursor)
+    assert listed(listing) == pages
+    assert pages["old.txt"].modified == datetime(2025, 6, 3, 10, 15, tzinfo=UTC)
+    assert conditions(site, "/") == {"If-Modified-Since": MODIFIED}
+    assert conditions(site, "/old") == {"If-Modified-Since": MODIFIED}
+    assert dict(site.answers) == {"/robots.txt": 404, "/": 304, "/old": 304}
+
+
+def test_a_failing_page_leaves_the_cursor_and_a_304_to_a_plain_request_is_a_failure(tagged):
+    pages, cursor = first_run(tagged)
+    tagged.add("/a", "gone", status=404, content_type="text/plain")
+    tagged.add("/b", b"", status=304)
+    listing = crawl_with(tagged, {path: page.ref for path, page in pages.items()}, cursor)
+    assert [where for where, _ in listing.failures] == [f"{tagged.url}/a", f"{tagged.url}/b"]
+    assert "304" in listing.failures[1][1]
+    assert listing.complete is False
+    assert f"{tagged.url}/a" not in listing.cursor["pages"]
+    assert "deep.html" not in listed(listing)  # only reachable through the failed page
+
+
+def crawl_with(site: Site, known: dict[str, str], cursor: dict):
+    connector = make(site)
+    try:
+        return connector.list_pages(known=known, cursor=cursor)
+    finally:
+        connector.close()

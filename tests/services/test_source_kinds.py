@@ -175,3 +175,22 @@ def test_a_mediawiki_syncs_articles_with_their_revision_and_address(loopback):
         assert run.summary.get("renamed") or run.summary["removed"] == 1
         assert any(p.endswith("Restoring.html") for p in _documents(source))
         assert not any(p.endswith("Restore.html") for p in _documents(source))
+
+
+def test_a_second_sync_of_a_site_asks_conditionally_and_downloads_no_unchanged_page(loopback):
+    site = Site()
+    try:
+        site.add("/", _html("Home", "<a href='/a'>A</a> <a href='/b'>B</a>"), headers={"ETag": '"home-1"'})
+        site.add("/a", _html("A", "<main><p>Page A.</p></main>"), headers={"ETag": '"a-1"'})
+        site.add("/b", _html("B", "<main><p>Page B.</p></main>"), headers={"ETag": '"b-1"'})
+        source = source_add(user=system_user(), collection=make_collection(), kind="web", location=site.url + "/",
+                            sync=False)  # fmt: skip
+        _sync(source)
+        site.answers.clear()
+        site.add("/b", _html("B", "<main><p>Page B, changed.</p></main>"), headers={"ETag": '"b-2"'})
+        run = _sync(source)
+        assert (run.summary["unchanged"], run.summary["updated"]) == (2, 1)
+        pages = dict(site.answers)
+        assert pages["/"] == 304 and pages["/a"] == 304 and pages["/b"] == 200
+    finally:
+        site.close()
