@@ -81,6 +81,14 @@ class Listing:
     # remove documents missing from an incomplete listing.
     complete: bool = True
 
+    def within_budget(self, paths: list[str], max_pages: int) -> list[str]:
+        """The first `max_pages` of the sorted paths; past the budget the listing is incomplete."""
+        paths = sorted(paths)
+        if len(paths) > max_pages:
+            self.complete = False
+            return paths[:max_pages]
+        return paths
+
 
 class Connector(Protocol):
     def list_pages(self, *, known: Mapping[str, str], cursor: Mapping[str, Any]) -> Listing:

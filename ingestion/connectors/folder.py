@@ -86,10 +86,7 @@ class FolderConnector:
             raise SourceError(f"The folder {self.config.location} does not exist on the server (or is not a folder).")
         listing = Listing()
         found = self._walk(listing)
-        paths = sorted(found)
-        if len(paths) > self.limits.max_pages:
-            paths = paths[: self.limits.max_pages]
-            listing.complete = False
+        paths = listing.within_budget(list(found), self.limits.max_pages)
         previous = cursor.get("files") if isinstance(cursor.get("files"), dict) else {}
         files: dict[str, list] = {}
         for path in paths:

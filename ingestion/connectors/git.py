@@ -214,10 +214,7 @@ class GitConnector:
         commit = self._fetch_branch(branch)
         listing = Listing()
         blobs = self._tree(commit)
-        paths = sorted(blobs)
-        if len(paths) > self.limits.max_pages:
-            paths = paths[: self.limits.max_pages]
-            listing.complete = False
+        paths = listing.within_budget(list(blobs), self.limits.max_pages)
         previous = cursor.get("dates") if isinstance(cursor.get("dates"), dict) else {}
         dates = self._dates(commit, {path: blobs[path] for path in paths}, previous)
         template = str(self.config.options.get("web_url") or "")
