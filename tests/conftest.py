@@ -102,3 +102,16 @@ def page(browser):
     page = context.new_page()
     yield page
     context.close()
+
+
+@pytest.fixture(params=["desktop", "phone"])
+def sized_page(request, browser):
+    """A page at 1280 px and again at 390 px: walk-throughs run at both widths (issue 15)."""
+    from tests.ui import WIDTHS
+
+    width, height = WIDTHS[request.param]
+    context = browser.new_context(viewport={"width": width, "height": height}, is_mobile=request.param == "phone",
+                                  has_touch=request.param == "phone")  # fmt: skip
+    page = context.new_page()
+    yield page
+    context.close()
