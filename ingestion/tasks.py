@@ -12,7 +12,7 @@ from celery import shared_task
 from ingestion import processing, queue, status
 from ingestion.errors import TRANSIENT
 from kb import access
-from kb.services import sources
+from kb.services import collections, documents, sources
 
 # Redelivered if the worker dies mid-task; transient failures retried with backoff.
 DOCUMENT_TASK = {
@@ -78,6 +78,18 @@ def sync_due_sources() -> list[int]:
     for source_id in due:
         queue.sync_source(source_id, "schedule")
     return due
+
+
+# Under celery beat (CELERY_BEAT_SCHEDULE), hourly. Takes nothing: what has expired is read
+# afresh each run, so a run repeated or overlapping purges nothing twice.
+@shared_task(acks_late=True, ignore_result=True)
+def purge_deleted() -> dict:
+    """Purge the documents and collections deleted longer than KB_DELETE_GRACE_SECONDS ago."""
+    system = access.system_user()
+    return {
+        "documents": documents.documents_purge_expired(actor=system),
+        "collections": collections.collections_purge_expired(actor=system),
+    }
 
 
 def _process(document_id: int, *, reindex: bool) -> None:

@@ -73,13 +73,14 @@ def collection_ids_with_role(user, minimum: Role) -> QuerySet | list[int]:
 def _ids_with_role(user, minimum: Role) -> QuerySet:
     if not user.is_authenticated or not user.is_active:
         return Collection.objects.none().values("pk")
+    alive = Collection.objects.filter(deleted_at__isnull=True)  # a deleted collection is no one's to read
     if _is_admin(user):
-        return Collection.objects.values("pk")
+        return alive.values("pk")
     roles = [role for role, rank in ROLE_RANK.items() if rank >= ROLE_RANK[minimum]]
     granted = _grants_of(user).filter(role__in=roles).values("collection_id")
     if ROLE_RANK[Role(minimum)] > ROLE_RANK[Role.VIEWER]:
-        return granted
-    return Collection.objects.filter(Q(pk__in=granted) | Q(open_to_all=True)).values("pk")
+        return alive.filter(pk__in=granted).values("pk")
+    return alive.filter(Q(pk__in=granted) | Q(open_to_all=True)).values("pk")
 
 
 def readable_collection_ids(user) -> QuerySet:
@@ -88,11 +89,14 @@ def readable_collection_ids(user) -> QuerySet:
 
 def role_for(user, collection: Collection) -> Role | None:
     """The user's effective role on a collection, or None."""
-    return _cached(("role", user.pk, collection.pk, collection.open_to_all), lambda: _role_for(user, collection))
+    return _cached(
+        ("role", user.pk, collection.pk, collection.open_to_all, collection.deleted_at is None),
+        lambda: _role_for(user, collection),
+    )
 
 
-def _role_for(user, collection: Collection) -> Role | None:
-    if not user.is_authenticated or not user.is_active:
+def _role_for(user, collection: Collection, *, deleted: bool = False) -> Role | None:
+    if not user.is_authenticated or not user.is_active or (collection.deleted_at is not None and not deleted):
         return None
     if _is_admin(user):
         return Role.OWNER
@@ -115,6 +119,16 @@ def can_edit(user, collection: Collection) -> bool:
 
 def can_manage(user, collection: Collection) -> bool:
     return role_for(user, collection) == Role.OWNER
+
+
+def can_restore_collection(user, collection: Collection) -> bool:
+    """A deleted collection is restored by those who owned it (and staff), until it is purged."""
+    return collection.deleted_at is not None and _role_for(user, collection, deleted=True) == Role.OWNER
+
+
+def can_purge(user) -> bool:
+    """Purging what was deleted once its grace period is over: the system's job (celery beat)."""
+    return _is_admin(user)
 
 
 def can_create_collection(user) -> bool:

@@ -11,10 +11,11 @@ from kb.services.collections import (
     collection_create,
     collection_delete,
     collection_grant,
+    collection_purge,
     collection_revoke,
     collection_update,
 )
-from kb.services.documents import document_delete
+from kb.services.documents import document_delete, document_purge
 from kb.services.reindex import collection_reindex
 
 
@@ -119,7 +120,10 @@ class CollectionAdmin(StaffAdmin):
             obj.pk = collection_create(user=request.user, **fields).pk
 
     def delete_model(self, request, obj):
-        collection_delete(actor=request.user, collection=obj)  # the stored files go too
+        # The admin's delete is for good: deleted (audited), then purged with its stored files.
+        if obj.deleted_at is None:
+            collection_delete(actor=request.user, collection=obj)
+        collection_purge(actor=request.user, collection=obj)
 
     def delete_queryset(self, request, queryset):
         for collection in queryset:
@@ -161,7 +165,10 @@ class DocumentAdmin(StaffAdmin):
                        "batch", "source_archive", "metadata", "attempts"]  # fmt: skip
 
     def delete_model(self, request, obj):
-        document_delete(user=request.user, document=obj)  # the stored file goes too
+        # The admin's delete is for good: deleted (audited), then purged with its stored file.
+        if obj.deleted_at is None:
+            document_delete(user=request.user, document=obj)
+        document_purge(user=request.user, document=obj)
 
     def delete_queryset(self, request, queryset):
         for document in queryset:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
+from ingestion import archives
 from kb.models import Feedback, Role, Source
 
 
@@ -28,8 +29,16 @@ class MultipleFileField(forms.FileField):
         return files
 
 
+# What the file chooser offers: the formats kb reads, and ZIP archives of them.
+UPLOAD_SUFFIXES = sorted(archives.PAGE_SUFFIXES | {".zip"})
+
+
 class UploadForm(forms.Form):
-    files = MultipleFileField(label="Files", error_messages={"required": "Choose at least one file to upload."})
+    files = MultipleFileField(
+        label="Files",
+        error_messages={"required": "Choose at least one file to upload."},
+        widget=MultipleFileInput(attrs={"multiple": True, "accept": ",".join(UPLOAD_SUFFIXES)}),
+    )
 
 
 class AskForm(forms.Form):
@@ -150,3 +159,83 @@ class SourceForm(forms.Form):
             },
             "secret": {"username": d["username"], "token": d["token"]},
         }  # fmt: skip
+
+
+# --- people (issue 15) ---
+
+
+class PeopleSearchForm(forms.Form):
+    q = forms.CharField(max_length=150, required=False, label="Search people")
+    status = forms.ChoiceField(
+        choices=[("", "Active and inactive"), ("active", "Active"), ("inactive", "Inactive")],
+        required=False, label="Status",
+    )  # fmt: skip
+
+
+class PersonGroupsForm(forms.Form):
+    """Group membership; the groups to choose from come from the view (a selector's list)."""
+
+    groups = forms.ModelMultipleChoiceField(
+        queryset=None, required=False, widget=forms.CheckboxSelectMultiple, label="Groups"
+    )
+
+    def __init__(self, *args, groups, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["groups"].queryset = groups
+
+
+class PersonInviteForm(PersonGroupsForm):
+    username = forms.CharField(max_length=150, label="Username", help_text="What they type to sign in.")
+    first_name = forms.CharField(max_length=150, required=False, label="First name")
+    last_name = forms.CharField(max_length=150, required=False, label="Last name")
+    email = forms.EmailField(required=False, label="E-mail")
+    field_order = ["username", "first_name", "last_name", "email", "groups"]
+
+
+class PrincipalSuggestForm(forms.Form):
+    """What the grant form's name box has typed so far, and whether a user or a group is wanted."""
+
+    principal = forms.CharField(max_length=150, required=False)
+    kind = forms.ChoiceField(choices=[("user", "User"), ("group", "Group")], required=False)
+
+
+class ConversationRenameForm(forms.Form):
+    title = forms.CharField(max_length=200, label="Title")
+
+
+class ConversationSearchForm(forms.Form):
+    q = forms.CharField(max_length=200, required=False, label="Search conversations")
+
+
+# --- documents (issue 15) ---
+
+
+class DocumentFilterForm(forms.Form):
+    """The documents list's search, status filter and folder (all optional, from the query string)."""
+
+    q = forms.CharField(
+        max_length=200, required=False, label="Search titles and paths",
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "Search titles and paths"}),
+    )  # fmt: skip
+    status = forms.ChoiceField(required=False, label="Status")
+    folder = forms.CharField(max_length=1000, required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args, statuses: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["status"].choices = [("", "Any status")] + [(k, label) for k, (label, _) in statuses.items()]
+
+
+class CollectionDeleteForm(forms.Form):
+    """Deleting a collection asks for its name, typed: a click alone cannot do it."""
+
+    confirm_name = forms.CharField(max_length=200, label="Type the collection's name to confirm")
+
+    def __init__(self, *args, name: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.name = name
+
+    def clean_confirm_name(self) -> str:
+        typed = self.cleaned_data["confirm_name"].strip()
+        if typed != self.name:
+            raise forms.ValidationError("That is not the collection's name; nothing was deleted.")
+        return typed

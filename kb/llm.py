@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import certifi
 from django.conf import settings
+from django.core.cache import cache
 from huggingface_hub import AsyncInferenceClient, InferenceClient, set_async_client_factory
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -29,25 +30,42 @@ class ModelServerError(Exception):
     """The model server could not give an answer; str() says what a person can do."""
 
 
+# What a reader is told when the model server cannot be reached; an operator finds why in the log.
+OFFLINE = "The model server is offline, so there is no written answer; the passages below were found for your question."
+
+
 def _friendly(exc: BaseException) -> ModelServerError:
+    """The error a reader sees: what happened and what they can do, never an address or a command.
+
+    Where the server is and how to start it is for operators: the log says that.
+    """
     url = settings.TGI_URL
     if isinstance(exc, OfflineModeIsEnabled):
-        msg = "HF_HUB_OFFLINE is set, which stops huggingface_hub from reaching the model server: unset it."
+        msg = OFFLINE
+        logger.warning(
+            "model server at %s: HF_HUB_OFFLINE is set, which stops huggingface_hub reaching it: unset it", url
+        )
     elif isinstance(exc, http.TimeoutException | TimeoutError):
         msg = (
-            f"The model server at {url} did not answer within {settings.KB_LLM_TIMEOUT:g} s. "
+            f"The model server did not answer within {settings.KB_LLM_TIMEOUT:g} s. "
             "It may be overloaded; try again in a moment."
+        )
+        logger.warning(
+            "model server at %s: no answer within %g s (KB_LLM_TIMEOUT): %r", url, settings.KB_LLM_TIMEOUT, exc
         )
     elif isinstance(exc, HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", "?")
-        msg = f"The model server at {url} answered with an error (HTTP {status}). Try again, or tell your operator."
+        msg = f"The model server answered with an error (HTTP {status}). Try again, or tell your operator."
+        logger.warning("model server at %s answered HTTP %s: %r", url, status, exc)
     elif isinstance(exc, http.ConnectError | ConnectionError):
-        msg = f"The model server at {url} cannot be reached. Ask your operator to start it (make llm)."
+        msg = OFFLINE
+        logger.warning("model server at %s cannot be reached (locally: make llm): %r", url, exc)
     elif isinstance(exc, http.HTTPError):
-        msg = f"The connection to the model server at {url} broke off ({type(exc).__name__})."
+        msg = "The connection to the model server broke off. Try again in a moment."
+        logger.warning("model server at %s: the connection broke off: %r", url, exc)
     else:
-        msg = f"The model server at {url} failed: {type(exc).__name__}."
-    logger.warning("model server error: %r", exc)
+        msg = "The model server failed. Try again, or tell your operator."
+        logger.warning("model server at %s failed: %r", url, exc)
     return ModelServerError(msg)
 
 
@@ -124,3 +142,45 @@ async def astream_chat(messages: list[dict], *, max_tokens: int | None = None) -
         close = getattr(client, "close", None)
         if close is not None:
             await close()
+
+
+# --- Is the model server answering? (the offline banner, issue 15) ---------------------------
+
+MODEL_STATUS_SECONDS = 10  # one check serves every page of this process for this long
+# Connecting must succeed within this; a server that accepts the connection but is slow to
+# answer is busy (llama.cpp answers nothing else while it generates), not offline.
+MODEL_STATUS_TIMEOUT = http.Timeout(2.0, connect=2.0)
+# llama.cpp's server, vLLM and recent TGI list their models; TGI also answers /health.
+_STATUS_PATHS = ("/v1/models", "/health")
+_last_online: dict[str, bool] = {}
+
+
+async def _aprobe(base: str) -> bool:
+    async with http.AsyncClient(timeout=MODEL_STATUS_TIMEOUT, verify=_ssl_context()) as client:
+        for path in _STATUS_PATHS:
+            try:
+                response = await client.get(base + path)
+            except (http.ReadTimeout, http.WriteTimeout, http.PoolTimeout) as exc:
+                logger.info("model server check: %s%s is busy: %r", base, path, exc)
+                return True
+            except http.HTTPError as exc:  # refused, unreachable: another path cannot do better
+                logger.info("model server check: %s%s: %r", base, path, exc)
+                return False
+            if response.status_code == 200:
+                return True
+        return False
+
+
+async def amodel_server_online() -> bool:
+    """Whether the model server answers now: checked at most once per MODEL_STATUS_SECONDS, shared across requests."""
+    url = settings.TGI_URL.rstrip("/").removesuffix("/v1")
+    key = f"kb:model-server-online:{url}"
+    online = await cache.aget(key)
+    if online is None:
+        online = await _aprobe(url)
+        await cache.aset(key, online, MODEL_STATUS_SECONDS)
+        if _last_online.get(url) != online:  # operators read the changes in the log, with the URL
+            _last_online[url] = online
+            logger.log(logging.INFO if online else logging.WARNING,
+                       "the model server at %s %s", url, "answers" if online else "does not answer")  # fmt: skip
+    return online

@@ -149,6 +149,9 @@ KB_STALE_SECONDS = env.int("KB_STALE_SECONDS", default=1800)
 KB_MAX_ATTEMPTS = env.int("KB_MAX_ATTEMPTS", default=2)
 # How often celery beat looks for such documents (ingestion.tasks.recover_stale_documents).
 KB_STALE_SWEEP_SECONDS = env.int("KB_STALE_SWEEP_SECONDS", default=60)
+# Deleted documents and collections can be restored for this long (default 7 days); then
+# celery beat purges them: rows, chunks and stored files (ingestion.tasks.purge_deleted).
+KB_DELETE_GRACE_SECONDS = env.int("KB_DELETE_GRACE_SECONDS", default=7 * 24 * 3600)
 # An archive's pages are queued in tasks of this many documents, each embedded in one pass.
 KB_INGEST_GROUP = env.int("KB_INGEST_GROUP", default=64)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
@@ -280,6 +283,7 @@ for _name, _value, _ok, _allowed in (
     ("KB_SOURCE_DELAY", KB_SOURCE_DELAY, KB_SOURCE_DELAY >= 0, "0 or more"),
     ("KB_SOURCE_TIMEOUT", KB_SOURCE_TIMEOUT, KB_SOURCE_TIMEOUT > 0, "more than 0"),
     ("KB_SOURCE_SCHEDULE_SECONDS", KB_SOURCE_SCHEDULE_SECONDS, KB_SOURCE_SCHEDULE_SECONDS >= 1, "1 or more"),
+    ("KB_DELETE_GRACE_SECONDS", KB_DELETE_GRACE_SECONDS, KB_DELETE_GRACE_SECONDS >= 0, "0 or more"),
 ):
     if not _ok:
         raise ImproperlyConfigured(f"{_name}={_value!r}: use {_allowed}.")
@@ -343,6 +347,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(KB_STALE_SWEEP_SECONDS),
         # A sweep not started within one period is skipped: the next one does the same work.
         "options": {"expires": float(KB_STALE_SWEEP_SECONDS)},
+    },
+    # Deleted documents and collections past their grace period go for good.
+    "purge-deleted": {
+        "task": "ingestion.tasks.purge_deleted",
+        "schedule": float(min(3600, max(60, KB_DELETE_GRACE_SECONDS))),
+        "options": {"expires": 3600.0},
     },
     "sync-due-sources": {
         "task": "ingestion.tasks.sync_due_sources",

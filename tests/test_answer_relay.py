@@ -54,6 +54,8 @@ def events(lines, *, stop_after_tokens: int | None = None):
             entry = line.removeprefix("id: ")
         elif line.startswith("data: "):
             data.append(line.removeprefix("data: "))
+        elif not line and event == "state":  # where the answer stands ("Writing…"), not a piece of it
+            event, entry, data = None, None, []
         elif not line and event:
             yield event, entry, "\n".join(data)
             tokens += event == "token"

@@ -45,7 +45,9 @@ def test_progress_counts_documents_and_the_embedded_share_of_those_in_progress()
     document_process(document_id=a.pk)
     document_mark(document_id=b.pk, status=Document.Status.FAILED, error="bad")
     document_mark(document_id=c.pk, status=Document.Status.PROCESSING, stage="embedding", done=1, total=2)
-    UploadBatch.objects.filter(pk=batch.pk).update(created_at=timezone.now() - timedelta(seconds=50))
+    # Time waiting in the queue is no measure of the work: the rate counts from the first start.
+    UploadBatch.objects.filter(pk=batch.pk).update(created_at=timezone.now() - timedelta(seconds=500))
+    Document.objects.filter(pk=a.pk).update(started_at=timezone.now() - timedelta(seconds=50))
     batch.refresh_from_db()
 
     progress = _progress(batch)
@@ -53,6 +55,7 @@ def test_progress_counts_documents_and_the_embedded_share_of_those_in_progress()
     assert (progress.total, progress.ready, progress.failed, progress.processing, progress.queued) == (4, 1, 1, 1, 1)
     assert progress.fraction == pytest.approx(2.5 / 4)
     assert progress.eta_seconds == pytest.approx(30, abs=2)  # 50 s for 62.5 %: 30 s more at that rate
+    assert progress.eta_text == "about 30 s left"
     assert not progress.done
 
 

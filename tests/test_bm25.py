@@ -9,7 +9,7 @@ from django.db import connection
 from ingestion.processing import document_process
 from kb import retrieval, selectors
 from kb.models import Chunk, Collection, KeywordTerm, KeywordTotal
-from kb.services.collections import collection_delete
+from kb.services.collections import collection_delete, collection_purge
 from kb.services.documents import document_delete
 from kb.services.reindex import collection_reindex
 from tests.factories import add_document, make_collection, make_user
@@ -243,8 +243,9 @@ def test_statistics_follow_every_change_to_the_chunks():
     assert not KeywordTotal.objects.filter(collection_id=first.pk, generation=old_generation).exists()
     assert KeywordTotal.objects.get(collection_id=first.pk).chunks == len(DOCS) - 1
 
-    # A collection deleted leaves nothing behind.
+    # A collection deleted, then purged, leaves nothing behind.
     collection_delete(actor=owner, collection=first)
+    collection_purge(actor=owner, collection=first)
     assert_statistics_match_the_chunks()
     assert not KeywordTerm.objects.filter(collection_id=first.pk).exists()
     assert not KeywordTotal.objects.filter(collection_id=first.pk).exists()

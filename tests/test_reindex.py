@@ -22,7 +22,7 @@ from ingestion.spec import EmbedSpec
 from kb import retrieval, vector_indexes
 from kb.access import system_user
 from kb.models import Chunk, Collection, Document
-from kb.services.collections import collection_delete
+from kb.services.collections import collection_delete, collection_purge
 from kb.services.documents import document_delete, document_upload
 from kb.services.reindex import collection_reindex
 from tests.corpus import BACKUPS, VACATION
@@ -332,6 +332,7 @@ def test_deleting_during_a_reindex_removes_chunks_of_both_generations(ops, confi
     document_delete(user=system_user(), document=backups)
     assert not Chunk.objects.filter(document_id=backups.pk).exists()
     collection_delete(actor=system_user(), collection=collection)
+    collection_purge(actor=system_user(), collection=collection)
     assert not Chunk.objects.filter(collection_id=collection.pk).exists()
 
 

@@ -76,8 +76,8 @@ def test_owner_renames_and_deletes_a_collection(client, ops):
     pk = ops["collection"].pk
     client.post(reverse("collection_settings", args=[pk]), {"name": "operations", "description": "runbooks"})
     assert Collection.objects.get(pk=pk).name == "operations"
-    assert client.post(reverse("collection_delete", args=[pk])).status_code == 302
-    assert not Collection.objects.filter(pk=pk).exists()
+    assert client.post(reverse("collection_delete", args=[pk]), {"confirm_name": "operations"}).status_code == 302
+    assert Collection.objects.get(pk=pk).deleted_at is not None  # restorable until purged
     assert list(AuditEvent.objects.filter(collection_name__in=["ops", "operations"]).values_list("action", flat=True)
                 .order_by("pk"))[-2:] == ["collection.update", "collection.delete"]  # fmt: skip
 

@@ -47,11 +47,11 @@ def test_answer_streams_token_by_token_then_done(model_server, asked):
 def test_model_server_down_gives_an_actionable_error(unreachable_model_server, asked):
     user, message = asked
     events = read_stream(user, message)
-    assert [e for e, _ in events] == ["done"]
+    assert [e for e, _ in events] == ["state", "done"]
     message.refresh_from_db()
     assert message.status == Message.Status.FAILED
-    assert "cannot be reached" in message.error
-    assert "cannot be reached" in events[-1][1]
+    assert "model server is offline" in message.error
+    assert "model server is offline" in events[-1][1]
 
 
 def test_no_readable_source_answers_without_calling_the_model(unreachable_model_server):

@@ -8,16 +8,20 @@ What a user may not read is 404 (never 403), for pages, partials, streams and th
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 from django.contrib import admin
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 
 from kb.access import system_user
 from kb.models import Conversation, Message, Role, Source, UploadBatch
-from kb.services.collections import collection_grant
+from kb.services.collections import collection_delete, collection_grant
+from kb.services.documents import document_delete
 from kb.services.tokens import api_token_create
 from tests.factories import add_document, make_collection, make_group, make_user
 
@@ -53,6 +57,10 @@ EXPECTED = {
     "document_detail": ("get", ["document"], None, READ),
     "document_download": ("get", ["document"], None, READ),
     "document_delete": ("post", ["document"], {}, EDIT),
+    # Deletes can be undone during their grace period (issue 15): by editors for a document,
+    # by owners and staff for a collection; typing the collection's name confirms its delete.
+    "document_restore": ("post", ["deleted_document"], {}, EDIT),
+    "collection_restore": ("post", ["deleted_collection"], {}, MANAGE),
     "batch_cancel": ("post", ["batch"], {}, EDIT),
     "source_create": ("get", ["collection"], None, EDIT_GET),
     "source_detail": ("get", ["source"], None, READ),
@@ -61,6 +69,10 @@ EXPECTED = {
     "chunk_detail": ("get", ["chunk"], None, READ_REDIRECT),
     "conversation_detail": ("get", ["conversation"], None, MINE_GET),
     "conversation_ask": ("post", ["conversation"], {"question": "And the restore?"}, MINE),
+    # Each reader searches, renames and deletes only their own conversations.
+    "conversation_search": ("get", [], None, PAGE),
+    "conversation_rename": ("post", ["conversation"], {"title": "Backup questions"}, MINE),
+    "conversation_delete": ("post", ["conversation"], {}, MINE),
     # The stream is 404 even for anonymous users: an EventSource cannot follow a login redirect.
     "message_stream": ("get", ["message"], None, MINE_GET | {"anonymous": 404}),
     "message_stop": ("post", ["message"], {}, MINE),
@@ -70,7 +82,7 @@ EXPECTED = {
     "ask": ("post", [], {"question": "When does the backup run?"}, _row(302, 302, 302, 302, 302, 302, 302)),
     "collection_access": ("get", ["collection"], None, MANAGE_GET),
     "collection_settings": ("post", ["collection"], {"name": "renamed", "description": ""}, MANAGE),
-    "collection_delete": ("post", ["collection"], {}, MANAGE),
+    "collection_delete": ("post", ["collection"], {"confirm_name": "ops"}, MANAGE),
     "grant_add": ("post", ["collection"], {"principal": "no_grant", "kind": "user", "role": "viewer"}, MANAGE),
     "grant_remove": ("post", ["collection", "grant"], {}, MANAGE),
     "audit_log": ("get", [], None, STAFF_ONLY),
@@ -78,6 +90,20 @@ EXPECTED = {
     "password_change_done": ("get", [], None, PAGE),
     "api_tokens": ("get", [], None, PAGE),
     "api_token_revoke": ("post", ["token"], {}, MINE),
+    # People (issue 15): staff manage them; owners look people up by name and see their access
+    # to the owner's collections; the set-password link's pages are for anyone holding a link.
+    "people": ("get", [], None, STAFF_ONLY),
+    "person_invite": ("post", [], {"username": "newcomer"}, STAFF_ONLY),
+    "principal_suggest": ("get", [], None, MANAGE_GET),
+    "person_detail": ("get", ["person"], None, MANAGE_GET),
+    "person_password_reset": ("post", ["person"], {}, STAFF_ONLY),
+    "person_deactivate": ("post", ["person"], {}, STAFF_ONLY | {"staff": 302}),
+    "person_reactivate": ("post", ["person"], {}, STAFF_ONLY | {"staff": 302}),
+    "person_groups": ("post", ["person"], {}, STAFF_ONLY | {"staff": 302}),
+    "password_reset_confirm": ("get", ["reset_uid", "reset_token"], None, _row(200, 200, 200, 200, 200, 200, 200)),
+    "password_reset_complete": ("get", [], None, _row(200, 200, 200, 200, 200, 200, 200)),
+    # The model server banner's check (issue 15): anyone signed in; an htmx poll without a session gets 204.
+    "model_status": ("get", [], None, PAGE),
     # The JSON API authenticates by bearer token only: no token is 401, not a login redirect.
     "api_collections": ("api-get", [], None, _row(401, 200, 200, 200, 200, 200, 200)),
     "api_documents_upload": ("api-post", ["collection"], "file", _row(401, 404, 404, 202, 202, 404, 202)),
@@ -133,7 +159,15 @@ def world():
         "grant": collection.grants.get(user=users["viewer"]),
         "batch": UploadBatch.objects.create(collection=collection, created_by=users["editor"], label="2 files"),
         "source": Source.objects.create(collection=collection, name="wiki", kind="web", location="https://wiki.example/"),
+        "person": users["viewer"],
+        "reset_uid": SimpleNamespace(pk=urlsafe_base64_encode(force_bytes(users["viewer"].pk))),
+        "reset_token": SimpleNamespace(pk="not-a-valid-token"),
     }  # fmt: skip
+    objects["deleted_document"] = add_document(collection, "old.md", "# Old\n\nNo longer wanted.\n")
+    document_delete(user=system_user(), document=objects["deleted_document"])
+    objects["deleted_collection"] = make_collection("old ops", owner=users["owner"], viewer=[users["viewer"]],
+                                                    editor=[users["editor"]])  # fmt: skip
+    collection_delete(actor=system_user(), collection=objects["deleted_collection"])
     return {"users": users, "objects": objects, "tokens": raw_tokens, "collection": collection}
 
 
@@ -198,7 +232,8 @@ def _unmasked(html: bytes) -> str:
 def test_no_route_answers_403_for_hidden_objects(client, world):
     """A stranger probing ids that exist and ids that do not gets the same answer."""
     client.force_login(world["users"]["no_grant"])
-    for name in ("collection_detail", "document_detail", "document_download", "collection_access", "source_detail"):
+    for name in ("collection_detail", "document_detail", "document_download", "collection_access", "source_detail",
+                 "person_detail"):  # fmt: skip
         obj = world["objects"][name.split("_")[0]]
         real = client.get(reverse(name, args=[obj.pk]))
         missing = client.get(reverse(name, args=[obj.pk + 10_000]))

@@ -30,9 +30,10 @@ def overflow(page) -> dict:
           for (const el of document.body.querySelectorAll('*')) {
             const r = el.getBoundingClientRect();
             if (r.right > width + 1 && r.width > 0) {
-              wide.push(`${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''}` +
-                        `${el.className && typeof el.className === 'string' ? '.' + el.className.trim().split(/\\s+/).join('.') : ''}` +
-                        ` right=${Math.round(r.right)}`);
+              const classes = typeof el.className === 'string' ? el.className.trim().split(/\\s+/) : [];
+              const name = el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+                           classes.filter(Boolean).map((c) => '.' + c).join('');
+              wide.push(`${name} right=${Math.round(r.right)}`);
             }
           }
           return {scroll: doc.scrollWidth, width: width, wide: wide.slice(0, 8)};
@@ -42,7 +43,9 @@ def overflow(page) -> dict:
 
 def assert_no_overflow(page) -> None:
     o = overflow(page)
-    assert o["scroll"] <= o["width"] + 1, f"{page.url} is {o['scroll']} px wide on a {o['width']} px screen: {o['wide']}"
+    assert o["scroll"] <= o["width"] + 1, (
+        f"{page.url} is {o['scroll']} px wide on a {o['width']} px screen: {o['wide']}"
+    )
 
 
 def axe_violations(page) -> list[dict]:
@@ -55,8 +58,12 @@ def axe_violations(page) -> list[dict]:
         AXE_TAGS,
     )
     return [
-        {"id": v["id"], "impact": v["impact"], "help": v["help"],
-         "nodes": [n["target"] for n in v["nodes"]][:5]}  # fmt: skip
+        {
+            "id": v["id"],
+            "impact": v["impact"],
+            "help": v["help"],
+            "nodes": [n["target"] for n in v["nodes"]][:5],
+        }  # fmt: skip
         for v in result["violations"]
         if v["impact"] in BLOCKING
     ]
@@ -73,7 +80,21 @@ def check_page(page, name: str, *, full_page: bool = True) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     width = page.viewport_size["width"]
     path = ARTIFACTS / f"{name}-{width}.png"
+    # A full-page screenshot stretches the viewport over the whole page, so a sticky element
+    # (the ask box) is drawn over whatever ends the page's first screen: pin them in place for
+    # the picture only. Whether it covers anything while reading is tested in test_e2e_chat.
+    unstick = full_page and page.evaluate(
+        """() => {
+          const stuck = [...document.querySelectorAll('body *')].filter(
+            (el) => getComputedStyle(el).position === 'sticky' && !el.closest('header'));
+          stuck.forEach((el) => el.style.setProperty('position', 'static'));
+          window.kbUnstuck = stuck;
+          return stuck.length;
+        }"""
+    )
     page.screenshot(path=str(path), full_page=full_page)
+    if unstick:
+        page.evaluate("() => window.kbUnstuck.forEach((el) => el.style.removeProperty('position'))")
     assert_no_overflow(page)
     assert_accessible(page)
     return path

@@ -11,6 +11,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import F, Func, Q, Value
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 from pgvector.django import VectorField
@@ -57,6 +58,12 @@ class Collection(models.Model):
     # Passages from documents not changed at their source for longer than this are flagged
     # as possibly out of date beside an answer; None: never.
     stale_after_days = models.PositiveIntegerField(null=True, blank=True)
+    # Deleted, and purged once KB_DELETE_GRACE_SECONDS have passed; until then hidden from
+    # everyone (kb.access) and restorable by its owners.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["name"]
@@ -114,6 +121,13 @@ class DocumentQuerySet(models.QuerySet):
     def unfinished(self) -> DocumentQuerySet:
         return self.exclude(status__in=FINISHED)
 
+    def alive(self) -> DocumentQuerySet:
+        """Documents not deleted (a deleted one waits for its purge, restorable, shown nowhere else)."""
+        return self.filter(deleted_at__isnull=True)
+
+    def deleted(self) -> DocumentQuerySet:
+        return self.filter(deleted_at__isnull=False)
+
     def transition(self, to: str, **fields) -> int:
         """Move the documents whose status may lead to `to` there; the number moved.
 
@@ -123,7 +137,12 @@ class DocumentQuerySet(models.QuerySet):
         move refreshes updated_at, the heartbeat that stale-job recovery reads.
         """
         to = Document.Status(to)
-        return self.filter(status__in=DOCUMENT_TRANSITIONS[to]).update(status=to, updated_at=timezone.now(), **fields)
+        now = timezone.now()
+        if to == Document.Status.PROCESSING:  # when work on this version began: batches' time left
+            fields.setdefault("started_at", Coalesce(F("started_at"), Value(now)))
+        elif to == Document.Status.QUEUED:
+            fields.setdefault("started_at", None)
+        return self.filter(status__in=DOCUMENT_TRANSITIONS[to]).update(status=to, updated_at=now, **fields)
 
 
 @dataclass
@@ -230,6 +249,13 @@ class Document(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     # Times processing started for this version: a stale job is re-queued once, then failed.
     attempts = models.IntegerField(default=0)
+    # When processing of this version first started (set by transition).
+    started_at = models.DateTimeField(null=True, blank=True)
+    # Deleted: its chunks went at once; the row and file wait KB_DELETE_GRACE_SECONDS for an undo.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -243,7 +269,10 @@ class Document(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["collection", "source_path"], name="document_unique_source"),
         ]
-        indexes = [models.Index(fields=["collection", "status"])]
+        indexes = [
+            models.Index(fields=["collection", "status"]),
+            models.Index(fields=["deleted_at"], condition=Q(deleted_at__isnull=False), name="document_deleted_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.source_path
@@ -300,10 +329,12 @@ class ChunkQuerySet(models.QuerySet):
         return self.filter(collection_id__in=collection_ids)
 
     def live(self) -> ChunkQuerySet:
-        """Chunks searched and shown: of their collection's model, not staged by a re-index still running."""
+        """Chunks searched and shown: of their collection's model, not staged by a re-index still running,
+        and never of a deleted document (whose chunks go when it is deleted; this covers a worker's race)."""
+        deleted = models.Subquery(Document.objects.deleted().order_by().values("pk"))
         return self.filter(
             _EqualsAnyOf(F("generation"), models.Subquery(Collection.objects.order_by().values("embed_generation")))
-        )
+        ).exclude(_EqualsAnyOf(F("document_id"), deleted))
 
 
 class Chunk(models.Model):

@@ -3,20 +3,17 @@ first and is scoped by kb.access; what the user may not see is a 404, never a 40
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F
 from django.http import Http404
 from django.utils import timezone
 
 from kb import access
 from kb.models import (
-    FINISHED,
     ApiToken,
     AuditEvent,
-    BatchSummary,
     Chunk,
     Collection,
     CollectionGrant,
@@ -27,16 +24,12 @@ from kb.models import (
     Role,
     Source,
     SourceRun,
-    UploadBatch,
 )
+from kb.selectors.documents import _progress, _progress_counts, _readable_documents
 
 
 def _readable_collections(user):
     return Collection.objects.filter(pk__in=access.readable_collection_ids(user))
-
-
-def _readable_documents(user):
-    return Document.objects.in_collections(access.readable_collection_ids(user))
 
 
 def collection_list(*, user):
@@ -61,7 +54,10 @@ def collection_name_problem(*, name: str, exclude_pk: int | None = None) -> str 
     taken = Collection.objects.filter(name__iexact=name)
     if exclude_pk is not None:
         taken = taken.exclude(pk=exclude_pk)
-    return f"A collection named {name!r} already exists." if taken.exists() else None
+    held = taken.only("deleted_at").first()
+    if held is not None and held.deleted_at is not None:
+        return f"A deleted collection is still named {name!r} until it is purged: restore it, or choose another name."
+    return f"A collection named {name!r} already exists." if held else None
 
 
 def collection_get(*, user, pk: int, minimum: Role = Role.VIEWER) -> Collection:
@@ -77,17 +73,6 @@ def collection_get_by_name(*, user, name: str) -> Collection:
         return _readable_collections(user).get(name=name)
     except Collection.DoesNotExist:
         raise Http404(f"No collection named {name!r} that you can read.") from None
-
-
-def document_list(*, user, collection: Collection):
-    return _readable_documents(user).filter(collection=collection)
-
-
-def document_get(*, user, pk: int) -> Document:
-    try:
-        return _readable_documents(user).select_related("collection").get(pk=pk)
-    except (Document.DoesNotExist, ValueError, TypeError):
-        raise Http404("No such document.") from None
 
 
 def source_list(*, user, collection: Collection) -> list[Source]:
@@ -129,7 +114,7 @@ def source_runs(*, user, source: Source, limit: int = 10) -> list[SourceRun]:
         # A run's documents are processed after it ends: its batch's progress, and the pages
         # that failed being fetched (refused) or processed, are what an editor wants to see.
         row = counts.get(run.batch_id)
-        run.progress = _progress(row, run.started_at) if row else None
+        run.progress = _progress(row) if row else None
         run.failed = run.summary.get("refused", 0) + (run.progress.failed if run.progress else 0)
     return runs
 
@@ -141,121 +126,6 @@ def source_documents(*, user, source: Source, limit: int = 200):
         .filter(source=source)
         .order_by(F("source_modified").desc(nulls_last=True), "source_path")[:limit]
     )
-
-
-def batch_get(*, user, pk: int, minimum: Role = Role.VIEWER) -> UploadBatch:
-    """The upload batch if the user holds at least `minimum` on its collection, else 404."""
-    try:
-        return UploadBatch.objects.select_related("collection").get(
-            pk=pk, collection_id__in=access.collection_ids_with_role(user, minimum)
-        )
-    except (UploadBatch.DoesNotExist, ValueError, TypeError):
-        raise Http404("No such upload.") from None
-
-
-def batch_recent(*, user, collection: Collection, limit: int = 3) -> list[UploadBatch]:
-    return list(UploadBatch.objects.filter(collection__in=collection_list(user=user), collection=collection)[:limit])
-
-
-@dataclass
-class BatchProgress:
-    total: int
-    queued: int
-    processing: int
-    ready: int
-    failed: int
-    cancelled: int
-    fraction: float  # 0..1, counting the embedded share of documents in progress
-    eta_seconds: int | None  # None until there is a rate to extrapolate from
-
-    @property
-    def finished(self) -> int:
-        return self.ready + self.failed + self.cancelled
-
-    @property
-    def done(self) -> bool:
-        return self.finished == self.total
-
-    @property
-    def percent(self) -> int:
-        return int(self.fraction * 100)
-
-
-def _progress_counts() -> dict:
-    """Aggregates for BatchProgress: counts per status, and the embedded share of those in progress."""
-    in_progress = Q(status=Document.Status.PROCESSING, progress_total__gt=0)
-    return {
-        "total": Count("pk"),
-        **{s.value: Count("pk", filter=Q(status=s)) for s in Document.Status},
-        "done": Sum("progress_done", filter=in_progress),
-        "of": Sum("progress_total", filter=in_progress),
-    }
-
-
-def _progress(counts: dict, created_at) -> BatchProgress:
-    total = counts["total"]
-    finished = sum(counts[s] for s in FINISHED)
-    # Documents in progress count by their embedded share (chunks done / chunks in the document).
-    partial = 0.0
-    if counts["of"]:
-        partial = counts["processing"] * counts["done"] / counts["of"]
-    fraction = min(1.0, (finished + partial) / total) if total else 1.0
-    eta = None
-    elapsed = (timezone.now() - created_at).total_seconds()
-    if 0 < fraction < 1 and elapsed > 1:
-        eta = int(elapsed * (1 - fraction) / fraction)
-    return BatchProgress(
-        total=total, queued=counts["queued"], processing=counts["processing"], ready=counts["ready"],
-        failed=counts["failed"], cancelled=counts["cancelled"], fraction=fraction, eta_seconds=eta,
-    )  # fmt: skip
-
-
-def batch_overview(*, user, collection: Collection, limit: int = 3, unfinished: int = 50) -> list[UploadBatch]:
-    """The collection's latest batches, each with `progress` (BatchProgress) and `unfinished` (documents).
-
-    Two queries whatever the number of batches: one grouped count for every batch's
-    progress, one for their unfinished documents.
-    """
-    batches = batch_recent(user=user, collection=collection, limit=limit)
-    ids = [b.pk for b in batches]
-    counts = {
-        row.pop("batch"): row
-        for row in Document.objects.filter(batch__in=ids).values("batch").annotate(**_progress_counts())
-    }
-    empty = {"total": 0, **{s.value: 0 for s in Document.Status}, "done": None, "of": None}
-    order = {Document.Status.PROCESSING: 0, Document.Status.QUEUED: 1}
-    pending: dict[int, list[Document]] = {pk: [] for pk in ids}
-    for document in Document.objects.filter(batch__in=ids).unfinished().order_by("batch", "source_path"):
-        if len(pending[document.batch_id]) < unfinished:
-            pending[document.batch_id].append(document)
-    for batch in batches:
-        batch.progress = _progress(counts.get(batch.pk, empty), batch.created_at)
-        batch.unfinished = sorted(pending[batch.pk], key=lambda d: (order.get(d.status, 2), d.source_path))
-    return batches
-
-
-def batch_document_list(*, user, batch: UploadBatch):
-    """The batch's documents, if the user may read its collection (else none)."""
-    return _readable_documents(user).filter(batch=batch)
-
-
-def batch_report(*, user, batch: UploadBatch, extra_errors: list[dict] = ()) -> dict:
-    """What a batch came to, for kb_ingest: its summary, then each document's outcome and chunk count."""
-    summary = BatchSummary.from_json(batch.summary)
-    report = {
-        "documents": summary.created + summary.updated + summary.unchanged + summary.refused,
-        "created": summary.created, "updated": summary.updated, "unchanged": summary.unchanged,
-        "removed": summary.removed, "refused": summary.refused, "ignored": summary.ignored,
-        "failed": summary.refused + len(extra_errors), "chunks": 0,
-        "errors": summary.errors + list(extra_errors), "removed_paths": summary.removed_paths, "batch": batch.pk,
-    }  # fmt: skip
-    for document in batch_document_list(user=user, batch=batch):
-        if document.status in (Document.Status.FAILED, Document.Status.CANCELLED):
-            report["failed"] += 1
-            report["errors"].append({"source": document.source_path, "reason": document.error})
-        else:
-            report["chunks"] += document.chunk_count
-    return report
 
 
 def chunks_readable_by(*, user):
@@ -352,15 +222,17 @@ def with_freshness(sources: list[dict]) -> list[dict]:
     documents = {
         row.pop("pk"): row
         for row in Document.objects.filter(pk__in=[s["document_id"] for s in sources]).values(
-            "pk", "url", "source_modified", "collection__stale_after_days"
+            "pk", "url", "source_modified", "collection__stale_after_days", "deleted_at"
         )
     }
     now = timezone.now()
     fresh = []
     for source in sources:
         row = documents.get(source["document_id"])
-        if row is None:  # deleted since: what was stored with the answer
+        if row is None:  # purged since: what was stored with the answer
             fresh.append({**source, "stale": False})
+            continue
+        if row["deleted_at"] is not None:  # deleted: shown nowhere, answers included
             continue
         modified, days = row["source_modified"], row["collection__stale_after_days"]
         stale = bool(modified and days is not None and modified < now - timedelta(days=days))

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
+from django.utils.text import Truncator
 
 from kb import access, answering, llm, retrieval, selectors, verification
 from kb.models import Collection, Conversation, Feedback, Message
@@ -117,12 +118,49 @@ def message_ask(
     result = _retrieve_into(message, user=user, collections=readable, top_k=top_k)
     with transaction.atomic():
         if conversation is None:
-            conversation = Conversation.objects.create(user=user, title=question[:200])
+            conversation = Conversation.objects.create(user=user, title=_title(question))
             conversation.collections.set(readable)
         message.conversation = conversation
         message.save()
         conversation.save(update_fields=["updated_at"])
     return message, result
+
+
+TITLE_LIMIT = Conversation._meta.get_field("title").max_length
+
+
+def _title(text: str) -> str:
+    """The whole question as a title, up to the field's limit (then cut at a word, with an ellipsis)."""
+    return Truncator(" ".join(text.split())).chars(TITLE_LIMIT)
+
+
+def conversation_rename(*, user, conversation: Conversation, title: str) -> Conversation:
+    """Give a conversation of one's own a new title."""
+    if not access.can_use_conversation(user, conversation):
+        raise PermissionError("Only the person who asked can rename a conversation.")
+    title = " ".join(title.split())
+    if not title:
+        raise ValidationError("Give the conversation a title.")
+    if len(title) > TITLE_LIMIT:
+        raise ValidationError(f"Titles are limited to {TITLE_LIMIT} characters.")
+    # Not through save(): a new title must not move the conversation to the top of the list.
+    Conversation.objects.filter(pk=conversation.pk).update(title=title)
+    conversation.title = title
+    return conversation
+
+
+@transaction.atomic
+def conversation_delete(*, user, conversation: Conversation) -> None:
+    """Delete a conversation of one's own with its questions and answers.
+
+    Ratings given to its answers stay for the feedback review (they keep their own copy of
+    question and answer; Feedback.message is SET_NULL). An answer still being written stops:
+    its row is gone, and its writer ends when it next looks.
+    """
+    if not access.can_use_conversation(user, conversation):
+        raise PermissionError("Only the person who asked can delete a conversation.")
+    logger.info("conversation %s deleted by user %s", conversation.pk, user.pk)
+    conversation.delete()
 
 
 def message_regenerate(*, user, message: Message, top_k: int | None = None) -> Message:
@@ -179,9 +217,7 @@ def feedback_give(*, user, message: Message, rating: int, comment: str = "") -> 
     return feedback
 
 
-def message_finish(
-    *, message: Message, answer: str, status: str, error: str = "", sources=(), checked=None
-) -> Message:
+def message_finish(*, message: Message, answer: str, status: str, error: str = "", sources=(), checked=None) -> Message:
     """Store the generated answer (or what arrived of it), how it ended, and each sentence's check against `sources`.
 
     `checked`: the decisions already made while the answer streamed (kept as shown), else
@@ -197,7 +233,11 @@ def message_finish(
     message.status = status
     message.error = error
     message.finished_at = timezone.now()
-    message.save(update_fields=["answer", "status", "error", "finished_at", "sentences"])
+    # An update, not save(): a conversation deleted while its answer was written is simply gone.
+    Message.objects.filter(pk=message.pk).update(
+        answer=message.answer, status=message.status, error=message.error, finished_at=message.finished_at,
+        sentences=message.sentences,
+    )  # fmt: skip
     return message
 
 
@@ -213,6 +253,47 @@ DISCONNECTED = "The answer was stopped before it finished: the connection to the
 NO_LONGER_READABLE = "None of the passages found for this question is readable by you any more."
 EMPTY_ANSWER = "The model server returned an empty answer. The passages it was given are listed below."
 LOOPING = "Stopped: the model was repeating itself. What it wrote before that is kept."
+
+
+_STOP = object()
+
+
+async def _stop_requested(message: Message) -> bool:
+    """Whether the reader pressed Stop, or deleted the conversation, since the answer began."""
+    return not await Message.objects.filter(pk=message.pk, stop_requested=False).aexists()
+
+
+async def _next_piece(stream: AsyncIterator[str], message: Message):
+    """The model's next piece, None at its end, or _STOP once Stop is pressed while it is awaited.
+
+    A frozen model server sends nothing for KB_LLM_TIMEOUT seconds: Stop must not wait for
+    it. The piece is awaited in a task of its own, so it can be given up between two looks
+    at the Stop flag; giving it up cancels the task, which closes the model stream.
+    """
+    ahead = asyncio.ensure_future(anext(stream))
+    try:
+        while True:
+            done, _ = await asyncio.wait({ahead}, timeout=STOP_POLL_SECONDS)
+            if done:
+                try:
+                    return ahead.result()
+                except StopAsyncIteration:
+                    return None
+            if await _stop_requested(message):
+                break
+    except asyncio.CancelledError:
+        await _give_up(ahead)
+        raise
+    await _give_up(ahead)
+    return _STOP
+
+
+async def _give_up(ahead: asyncio.Future) -> None:
+    # Wait for the cancelled task to end: the stream can only be closed once it is not running.
+    ahead.cancel()
+    await asyncio.wait({ahead})
+    if not ahead.cancelled():
+        ahead.exception()  # retrieved, so asyncio does not log a never-retrieved exception
 
 
 async def message_answer(
@@ -240,7 +321,13 @@ async def message_answer(
     ready = sync_to_async(check.ready, thread_sensitive=False)
     try:
         async with aclosing(answering.astream_answer(message.question, sources, history)) as stream:
-            async for piece in stream:
+            while True:
+                piece = await _next_piece(stream, message)
+                if piece is _STOP:
+                    status, error = Message.Status.INCOMPLETE, STOPPED
+                    break  # leaving the block closes the model stream: generation stops
+                if piece is None:
+                    break
                 if guard.feed(piece):
                     logger.info("message %s: the model repeats itself; generation stops", message.pk)
                     pieces, status, error = [guard.text[: guard.cut]], Message.Status.INCOMPLETE, LOOPING
@@ -254,7 +341,7 @@ async def message_answer(
                             yield decided
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + STOP_POLL_SECONDS
-                    if await Message.objects.filter(pk=message.pk, stop_requested=True).aexists():
+                    if await _stop_requested(message):
                         status, error = Message.Status.INCOMPLETE, STOPPED
                         break  # leaving the block closes the model stream: generation stops
     except llm.ModelServerError as exc:

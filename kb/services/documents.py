@@ -1,4 +1,4 @@
-"""Documents: uploads (single files and ZIP archives of pages), batches, deletion.
+"""Documents: uploads (single files and ZIP archives of pages), batches, deletion with undo, purge.
 
 Processing itself (parse, chunk, embed, store) is ingestion's: these services store the
 file, record the document and queue it, once their transaction commits.
@@ -12,7 +12,7 @@ import tempfile
 import uuid
 import zipfile
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 
 from django.conf import settings
@@ -26,7 +26,7 @@ from ingestion import archives, queue
 from ingestion.errors import IngestError
 from kb import access
 from kb.audit import audit_record
-from kb.models import BatchSummary, Collection, Document, Source, UploadBatch
+from kb.models import BatchSummary, Chunk, Collection, Document, Source, UploadBatch
 
 
 @dataclass
@@ -111,6 +111,14 @@ def document_upload(
 
     with transaction.atomic():
         existing = Document.objects.select_for_update().filter(collection=collection, source_path=source_path).first()
+        if existing is not None and existing.deleted_at is not None:
+            # Deleted and not purged yet: this upload takes its place, the deleted one goes for good.
+            audit_record(
+                actor=user, action="document.purge", collection=collection, target=source_path,
+                document_id=existing.pk, reason="uploaded again",
+            )  # fmt: skip
+            _purge([existing])
+            existing = None
         if existing is not None and existing.source_id != (origin.source.pk if origin else None):
             holder = f"the source {existing.source.name}" if existing.source_id else "an upload"
             raise ValidationError(f"{source_path} is already in the collection, from {holder}.")
@@ -123,7 +131,7 @@ def document_upload(
                 Document.objects.filter(pk=existing.pk).update(**origin.fields(timezone.now()))
             return UploadOutcome(existing, "unchanged")
         if existing is None and origin is None:
-            twin = Document.objects.filter(collection=collection, content_hash=content_hash).first()
+            twin = Document.objects.alive().filter(collection=collection, content_hash=content_hash).first()
             if twin is not None and twin.status not in redo:
                 return UploadOutcome(twin, "unchanged")
         suffix = PurePosixPath(source_path).suffix.lower()[:16]
@@ -196,17 +204,92 @@ def _document_store(
 
 
 @transaction.atomic
-def document_delete(*, user, document: Document) -> None:
-    """Delete a document, its chunks and its stored file."""
+def document_delete(*, user, document: Document) -> int:
+    """Delete a document; returns how many passages went.
+
+    Its passages leave search, answers and citations at once (deleted in this transaction);
+    the row and the stored file stay, hidden everywhere, for KB_DELETE_GRACE_SECONDS so that
+    document_restore can undo it, then documents_purge_expired removes them.
+    """
     if not access.can_edit(user, document.collection):
         raise PermissionError("You cannot delete documents of this collection.")
-    name = document.file.name
+    row = Document.objects.alive().select_for_update().filter(pk=document.pk).first()
+    if row is None:
+        return 0  # deleted already
+    # A worker in the middle of it stops at its next progress mark and stores nothing.
+    Document.objects.filter(pk=row.pk).transition(Document.Status.CANCELLED, stage="", error="Deleted.")
+    passages, _ = Chunk.objects.filter(document=row).delete()
+    document.deleted_at = timezone.now()
+    document.deleted_by = user if getattr(user, "is_authenticated", False) else None
+    Document.objects.filter(pk=row.pk).update(deleted_at=document.deleted_at, deleted_by=document.deleted_by)
     audit_record(
         actor=user, action="document.delete", collection=document.collection,
+        target=document.source_path, document_id=document.pk, passages=passages,
+    )  # fmt: skip
+    return passages
+
+
+@transaction.atomic
+def document_restore(*, user, document: Document) -> Document:
+    """Undo a delete not yet purged: the document comes back and is processed again."""
+    if not access.can_edit(user, document.collection):
+        raise PermissionError("You cannot restore documents of this collection.")
+    if not Document.objects.deleted().select_for_update().filter(pk=document.pk).exists():
+        return document  # restored already (or purged)
+    Document.objects.filter(pk=document.pk).update(deleted_at=None, deleted_by=None, attempts=0)
+    Document.objects.filter(pk=document.pk).transition(
+        Document.Status.QUEUED, stage="", progress_done=0, progress_total=0, error=""
+    )
+    audit_record(
+        actor=user, action="document.restore", collection=document.collection,
         target=document.source_path, document_id=document.pk,
     )  # fmt: skip
-    document.delete()
-    transaction.on_commit(lambda: default_storage.delete(name))
+    queue.ingest(document.pk)
+    document.refresh_from_db()
+    return document
+
+
+def _purge(documents: list[Document]) -> None:
+    """Remove deleted documents for good: rows (and any chunks), then their files once committed."""
+    names = [d.file.name for d in documents if d.file.name]
+    Document.objects.filter(pk__in=[d.pk for d in documents]).delete()
+    transaction.on_commit(lambda: [default_storage.delete(n) for n in names])
+
+
+@transaction.atomic
+def document_purge(*, user, document: Document) -> None:
+    """Remove a deleted document for good, now, without waiting for its grace period to end."""
+    if document.deleted_at is None:
+        raise ValidationError("Only a deleted document can be purged.")
+    if not (access.can_edit(user, document.collection) or access.can_purge(user)):
+        raise PermissionError("You cannot purge documents of this collection.")
+    audit_record(
+        actor=user, action="document.purge", collection=document.collection,
+        target=document.source_path, document_id=document.pk,
+    )  # fmt: skip
+    _purge([document])
+
+
+def documents_purge_expired(*, actor, now: datetime | None = None) -> int:
+    """Purge the documents deleted longer than KB_DELETE_GRACE_SECONDS ago; how many went.
+
+    Run by celery beat (ingestion.tasks.purge_deleted); running it twice purges nothing twice.
+    """
+    if not access.can_purge(actor):
+        raise PermissionError("Only the system purges deleted documents.")
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.KB_DELETE_GRACE_SECONDS)
+    with transaction.atomic():
+        expired = list(
+            Document.objects.select_for_update(skip_locked=True).select_related("collection")
+            .filter(deleted_at__lt=cutoff)
+        )  # fmt: skip
+        for document in expired:
+            audit_record(
+                actor=actor, action="document.purge", collection=document.collection,
+                target=document.source_path, document_id=document.pk,
+            )  # fmt: skip
+        _purge(expired)
+    return len(expired)
 
 
 def batch_create(*, user, collection: Collection, label: str = "") -> UploadBatch:
@@ -318,9 +401,10 @@ def archive_upload(
 
 def documents_remove_vanished(*, user, collection: Collection, archive_name: str, present: set[str]) -> list[str]:
     """Delete the archive's documents whose pages are no longer in it; their chunks and files go too."""
-    vanished = Document.objects.filter(collection=collection, source_archive=archive_name).exclude(
-        source_path__in=present
-    )
+    vanished = (
+        Document.objects.alive().filter(collection=collection, source_archive=archive_name)
+        .exclude(source_path__in=present)
+    )  # fmt: skip
     return documents_remove(user=user, collection=collection, documents=vanished)
 
 

@@ -43,7 +43,8 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
                 TokenForm(),
                 new_token=raw,
             )
-    return _tokens_page(request, form, status=400)
+    # htmx swaps a 422 (base.html's responseHandling) so the form's errors show in place.
+    return _tokens_page(request, form, status=422 if request.htmx else 400)
 
 
 @require_POST

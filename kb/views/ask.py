@@ -7,19 +7,21 @@ import re
 from contextlib import aclosing
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.html import escape
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import push_url, reswap, retarget
+from django_htmx.http import HttpResponseClientRedirect, push_url, reswap, retarget
 from redis.exceptions import RedisError
 
 from kb import answer_relay, answering, selectors, verification
-from kb.forms import AskForm, FeedbackForm
+from kb.forms import AskForm, ConversationRenameForm, ConversationSearchForm, FeedbackForm
 from kb.models import Message
 from kb.services import conversations as conversation_services
 from kb.services.conversations import feedback_give, message_answer_start, message_ask, message_quote
@@ -118,8 +120,9 @@ def _conversation_page(request: HttpRequest, conversation) -> TemplateResponse:
             "conversation": conversation,
             "items": items,
             "collections": selectors.conversation_collections(user=request.user, conversation=conversation),
-            "conversations": selectors.conversation_list(user=request.user)[:20],
+            "conversations": selectors.conversation_list(user=request.user)[: selectors.SIDEBAR_LIMIT],
             "ask_form": AskForm(),
+            "rename_form": ConversationRenameForm(initial={"title": conversation.title or str(conversation)}),
         },
     )
 
@@ -138,6 +141,55 @@ def conversation_ask(request: HttpRequest, pk: int) -> HttpResponse:
             request, "kb/conversation_detail.html#message", {"item": _message_context(request.user, message)}
         )
     return redirect(conversation.get_absolute_url())
+
+
+@require_GET
+@login_required
+def conversation_search(request: HttpRequest) -> HttpResponse:
+    """The reader's conversations whose title or questions contain the search words.
+
+    Under htmx the sidebar's list alone, as the reader types; without JavaScript a page.
+    """
+    form = ConversationSearchForm(request.GET)
+    query = form.cleaned_data["q"] if form.is_valid() else ""
+    found = selectors.conversation_search(user=request.user, query=query)[: selectors.SIDEBAR_LIMIT]
+    context = {"conversations": found, "query": query}
+    if request.htmx:
+        return TemplateResponse(request, "kb/_sidebar.html#conversation-list", context)
+    return TemplateResponse(request, "kb/conversation_list.html", context)
+
+
+@require_POST
+@login_required
+def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
+    """Give a conversation a title of the reader's choosing; the sidebar's entry follows."""
+    conversation = selectors.conversation_get(user=request.user, pk=pk)
+    form = ConversationRenameForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, form.errors.get("title", []), target="#rename-error")
+    try:
+        conversation = conversation_services.conversation_rename(
+            user=request.user, conversation=conversation, title=form.cleaned_data["title"]
+        )
+    except ValidationError as exc:
+        return _invalid(request, exc.messages, target="#rename-error")
+    if request.htmx:
+        form = ConversationRenameForm(initial={"title": conversation.title})
+        context = {"conversation": conversation, "rename_form": form, "renamed": True}
+        return TemplateResponse(request, "kb/conversation_detail.html#conversation-head", context)
+    return redirect(conversation.get_absolute_url())
+
+
+@require_POST
+@login_required
+def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """Delete one of the reader's conversations (its page asks first), then go home."""
+    conversation = selectors.conversation_get(user=request.user, pk=pk)
+    conversation_services.conversation_delete(user=request.user, conversation=conversation)
+    messages.success(request, "Conversation deleted.")
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("home"))
+    return redirect("home")
 
 
 @require_POST
@@ -203,7 +255,10 @@ def _stream_start(user, pk: int):
 
 
 async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
-    """Stream one message's answer as server-sent events: `token`s, then `done` with the final HTML.
+    """Stream one message's answer as server-sent events: `state`, `token`s, then `done` with the final HTML.
+
+    `state` ("Writing…") comes first, before the model's first word: a page shows it, with
+    the time it has waited, so a slow or frozen model server is never an empty box.
 
     A pending answer is written here; one already being written (started by the question's
     POST, perhaps in another web process) is followed through its relay, from the start or,
@@ -234,6 +289,8 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
         else:
             pieces = None
         if pieces is not None:
+            # The passages are on the page already: the reader now waits for the model.
+            yield sse_event("state", "Writing…")
             text = ""  # the answer so far, to tell the draft what is left once a sentence is checked
             try:
                 async with aclosing(pieces):

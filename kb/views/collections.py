@@ -7,14 +7,17 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
-from django.views.decorators.http import require_GET, require_POST
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from kb import access, selectors
-from kb.forms import CollectionSettingsForm, GrantForm
+from kb.forms import CollectionDeleteForm, CollectionSettingsForm, GrantForm
 from kb.models import Role
 from kb.services import collections as collection_services
 from kb.services.collections import collection_grant, collection_revoke, collection_update
+from kb.views.undo import offer_undo
 
 
 def _access_context(request: HttpRequest, collection, *, settings_form=None, grant_form=None) -> dict:
@@ -66,14 +69,39 @@ def collection_settings(request: HttpRequest, pk: int) -> HttpResponse:
     return _access_page(request, collection, status=400, settings_form=form)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @login_required
 def collection_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET: what deleting the collection takes away, and its name to type; POST: delete, offering an undo."""
     collection = selectors.collection_get(user=request.user, pk=pk, minimum=Role.OWNER)
-    name = collection.name
-    collection_services.collection_delete(actor=request.user, collection=collection)
-    messages.info(request, f"Deleted the collection {name}.")
-    return redirect("home")
+    form = CollectionDeleteForm(request.POST or None, name=collection.name)
+    if request.method == "POST" and form.is_valid():
+        gone = collection_services.collection_delete(actor=request.user, collection=collection)
+        offer_undo(
+            request,
+            text=f"Deleted the collection {collection.name}: {gone['documents']} document"
+            f"{pluralize(gone['documents'])} and {gone['passages']} passage{pluralize(gone['passages'])}, "
+            "gone from search and answers for everyone.",
+            url=reverse("collection_restore", args=[collection.pk]),
+        )
+        return redirect("home")
+    context = {
+        "collection": collection,
+        "form": form,
+        "impact": selectors.collection_delete_impact(user=request.user, collection=collection),
+    }
+    return TemplateResponse(
+        request, "kb/collection_delete.html", context, status=400 if request.method == "POST" else 200
+    )
+
+
+@require_POST
+@login_required
+def collection_restore(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = selectors.collection_get_deleted(user=request.user, pk=pk)
+    collection_services.collection_restore(actor=request.user, collection=collection)
+    messages.info(request, f"Restored the collection {collection.name}.")
+    return redirect("collection_detail", pk=collection.pk)
 
 
 @require_POST

@@ -9,20 +9,26 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
-from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseStopPolling, trigger_client_event
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseStopPolling, push_url, trigger_client_event
 
 from kb import access, selectors
 from kb.answering import citation_url
-from kb.forms import AskForm, CollectionForm, UploadForm
+from kb.forms import AskForm, CollectionForm, DocumentFilterForm, UploadForm
 from kb.models import Role
 from kb.services import collections as collection_services
 from kb.services import documents as document_services
+from kb.views.undo import offer_undo, take_undo
 
 
 def _home(request: HttpRequest, form: CollectionForm, *, status: int = 200) -> TemplateResponse:
     context = {
+        "undo": take_undo(request),
+        "deleted_collections": selectors.collections_deleted(user=request.user),
         "collections": selectors.collection_list(user=request.user),
         "conversations": selectors.conversation_list(user=request.user)[:20],
         "form": form,
@@ -64,15 +70,46 @@ def _batches_context(request: HttpRequest, collection) -> dict:
     }
 
 
+def _documents_context(request: HttpRequest, collection) -> dict:
+    form = DocumentFilterForm(request.GET, statuses=selectors.DOCUMENT_FILTERS)
+    filters = form.cleaned_data if form.is_valid() else {}
+    listing = selectors.document_page(
+        user=request.user, collection=collection, query=filters.get("q", ""), status=filters.get("status", ""),
+        folder=filters.get("folder", ""), page=request.GET.get("page", 1),
+    )  # fmt: skip
+    base = reverse("collection_detail", args=[collection.pk])
+    kept = {"q": listing.query, "status": listing.status, "folder": listing.folder}
+
+    def url(**changes) -> str:
+        # The list's own filters and page, nothing empty: what links, polls and the address keep.
+        params = {k: v for k, v in {**kept, **changes}.items() if v and v != 1}
+        return f"{base}?{urlencode(params)}" if params else base
+
+    page = listing.page
+    return {
+        "collection": collection,
+        "listing": listing,
+        "documents": listing.documents,
+        "pending": listing.pending,
+        "filter_form": form,
+        "list_url": url(page=page.number),
+        "top_url": url(folder=""),
+        "folder_links": [(name, url(folder=path), n) for name, path, n in listing.folders],
+        "breadcrumb_links": [(name, url(folder=path)) for name, path in listing.breadcrumb],
+        "previous_url": url(page=page.previous_page_number()) if page.has_previous() else "",
+        "next_url": url(page=page.next_page_number()) if page.has_next() else "",
+    }
+
+
 def _collection_context(request: HttpRequest, collection) -> dict:
-    documents = list(selectors.document_list(user=request.user, collection=collection))
+    can_edit = access.can_edit(request.user, collection)
     return {
         **_batches_context(request, collection),
-        "collection": collection,
-        "documents": documents,
-        "pending": any(not d.is_finished for d in documents),
+        **_documents_context(request, collection),
+        "undo": take_undo(request),
+        "deleted_documents": selectors.documents_deleted(user=request.user, collection=collection),
         "max_upload_mb": settings.KB_MAX_UPLOAD_MB,
-        "can_edit": access.can_edit(request.user, collection),
+        "can_edit": can_edit,
         "can_manage": access.can_manage(request.user, collection),
         "upload_form": UploadForm(),
         "ask_form": AskForm(),
@@ -89,10 +126,16 @@ def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
         # When nothing runs, the partial comes back without its polling trigger, so polling
         # stops and the final counts stay on screen (a 286 would leave the last poll's).
         return TemplateResponse(request, "kb/collection_detail.html#batches", _batches_context(request, collection))
-    template = "kb/collection_detail.html"
-    if request.htmx:
-        template += "#documents"
-    return TemplateResponse(request, template, _collection_context(request, collection))
+    if request.htmx and not request.htmx.history_restore_request:
+        # The documents list: its filter form and folders swap the whole browser; the search
+        # box, pages and polling only the list (so typing is never interrupted).
+        target = "document-browser" if request.htmx.target == "document-browser" else "documents"
+        context = _documents_context(request, collection)
+        response = TemplateResponse(request, f"kb/collection_detail.html#{target}", context)
+        if request.htmx.trigger != "documents":  # a search or a link, not the list's own poll
+            response = push_url(response, context["list_url"])  # the address without empty fields
+        return response
+    return TemplateResponse(request, "kb/collection_detail.html", _collection_context(request, collection))
 
 
 @require_POST
@@ -176,17 +219,36 @@ async def _blocks(handle, size: int = 256 * 1024):
         yield block
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @login_required
 def document_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET: what deleting the document takes away, and a button; POST: delete it, offering an undo."""
     document = selectors.document_get(user=request.user, pk=pk)
-    collection = document.collection
+    if not access.can_edit(request.user, document.collection):
+        raise Http404
+    if request.method == "GET":
+        impact = selectors.document_delete_impact(user=request.user, document=document)
+        return TemplateResponse(request, "kb/document_delete.html", {"document": document, "impact": impact})
+    passages = document_services.document_delete(user=request.user, document=document)
+    offer_undo(
+        request,
+        text=f"Deleted {document.source_path} and its {passages} passage{pluralize(passages)}: they are "
+        "gone from search and answers.",
+        url=reverse("document_restore", args=[document.pk]),
+    )
+    return redirect("collection_detail", pk=document.collection_id)
+
+
+@require_POST
+@login_required
+def document_restore(request: HttpRequest, pk: int) -> HttpResponse:
+    document = selectors.document_get_deleted(user=request.user, pk=pk)
     try:
-        document_services.document_delete(user=request.user, document=document)
+        document_services.document_restore(user=request.user, document=document)
     except PermissionError:
         raise Http404 from None
-    messages.info(request, f"Deleted {document.source_path}.")
-    return redirect("collection_detail", pk=collection.pk)
+    messages.info(request, f"Restored {document.source_path}; it is being processed again.")
+    return redirect("collection_detail", pk=document.collection_id)
 
 
 @require_GET

@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 
 from kb.access import system_user
 from kb.models import Chunk, Document
-from kb.services.documents import document_delete, document_upload
+from kb.services.documents import document_delete, document_purge, document_upload
 from tests.corpus import BACKUPS
 from tests.factories import add_document, make_collection, make_user, upload_document
 
@@ -60,14 +60,18 @@ def test_upload_enqueues_the_ingest_task_only_after_commit(django_capture_on_com
     assert queued == [outcome.document.pk]
 
 
-def test_deleting_a_document_removes_its_chunks_and_file(django_capture_on_commit_callbacks):
+def test_deleting_a_document_removes_its_chunks_at_once_and_its_file_when_purged(django_capture_on_commit_callbacks):
+    import os
+
     document = add_document(make_collection(), "backups.md", BACKUPS)
     path = document.file.path
     with django_capture_on_commit_callbacks(execute=True):
         document_delete(user=system_user(), document=document)
     assert not Chunk.objects.filter(document_id=document.pk).exists()
-    import os
-
+    assert os.path.exists(path), "kept for the undo grace period"
+    document.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        document_purge(user=system_user(), document=document)
     assert not os.path.exists(path)
 
 
