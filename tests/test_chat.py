@@ -207,6 +207,20 @@ def test_every_ask_box_has_a_real_label():
         assert 'name="question"' in html, url
 
 
+def test_every_box_on_the_conversation_page_has_a_label_not_only_a_placeholder():
+    """The comment box beside Helpful / Not helpful included (axe accepts a placeholder; people don't)."""
+    import re
+
+    user = make_user()
+    conversation = _conversation(user)
+    html = _client(user).get(conversation.get_absolute_url()).content.decode()
+    boxes = re.findall(r"<(?:textarea|input)\b(?![^>]*type=\"(?:hidden|submit)\")[^>]*>", html)
+    assert any('name="comment"' in box for box in boxes), "the finished answer offers a comment"
+    for box in boxes:
+        found = re.search(r'id="([^"]+)"', box)
+        assert found and f'<label for="{found.group(1)}"' in html, box
+
+
 def test_the_conversation_page_has_its_title_as_heading_and_rename_and_delete():
     user = make_user()
     conversation = _conversation(user, "Backups")
