@@ -47,7 +47,8 @@ from django.conf import settings  # noqa: E402
 from kb import access, answering, llm  # noqa: E402
 from kb.models import Collection, Message, Role  # noqa: E402
 from kb.services.collections import collection_grant  # noqa: E402
-from tests.conftest import _server_env, answers, free_port, gguf_path, running  # noqa: E402
+from tests.conftest import gguf_path  # noqa: E402
+from tests.helpers import _server_env, answers, free_port, running  # noqa: E402
 
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
