@@ -230,3 +230,23 @@ def test_model_server_offline_still_lists_the_passages_and_code_can_be_copied(si
         expect(copy).to_have_text("Copied")
         assert page.evaluate("navigator.clipboard.readText()") == "make backup DATE=today"
         check_page(page, "chat-code")
+
+
+def test_a_refused_follow_up_keeps_what_was_typed(page, settings):
+    """A question the server refuses (422, here one past the 2,000-character limit that the box's
+    maxlength would normally stop) is answered with the reason, and the text stays in the box."""
+    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"  # nothing is answered: the ask is refused first
+    _reader_with_backups()
+    with kb_web_server() as base:
+        sign_in(page, base, "reader")
+        box = page.locator("#ask textarea[name=question]")
+        box.fill("When does the database backup run?")
+        box.press("Enter")
+        expect(page).to_have_url(re.compile(r"/conversations/\d+/$"), timeout=60_000)
+        follow_up = page.locator("#ask textarea[name=question]")
+        page.evaluate("document.querySelector('#ask textarea[name=question]').removeAttribute('maxlength')")
+        long_question = "Why? " * 401  # 2,005 characters
+        follow_up.fill(long_question)
+        follow_up.press("Enter")
+        expect(page.locator("#ask-error")).to_contain_text("2000 characters")
+        assert follow_up.input_value() == long_question

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from kb.services.collections import collection_create
 from tests.factories import make_group
 from tests.helpers import PASSWORD, kb_web_server, sign_in
-from tests.ui import AXE, check_page
+from tests.ui import check_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -34,8 +34,6 @@ def _open_nav(page, name: str) -> None:
 
 def test_invite_a_person_grant_them_access_and_they_set_a_password(sized_page, server):
     page, base = sized_page, server
-    # kb's CSP refuses inline scripts, so axe-core comes in as an init script (outside the page's CSP).
-    page.add_init_script(path=str(AXE))
     admin = User.objects.create_user("admin", password=PASSWORD, is_staff=True)
     make_group("platform")
     collection = collection_create(user=admin, name="Operations")

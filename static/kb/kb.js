@@ -1,7 +1,11 @@
 // Small behaviours htmx leaves to the page; no inline scripts, so a strict CSP can hold.
+// Only a 2xx empties the form: htmx counts a 422 refusal as successful too (it swaps the reason
+// in), and a refused question must stay in its box.
 document.addEventListener("htmx:afterRequest", (event) => {
   const form = event.detail.elt;
-  if (event.detail.successful && form.matches && form.matches("form[data-reset-on-success]")) {
+  const status = event.detail.xhr ? event.detail.xhr.status : 0;
+  const accepted = event.detail.successful && status >= 200 && status < 300;
+  if (accepted && form.matches && form.matches("form[data-reset-on-success]")) {
     form.reset();
     form.querySelectorAll("[data-dropzone-count]").forEach((el) => { el.textContent = ""; });
   }
