@@ -14,7 +14,8 @@ from django.urls import reverse
 from kb import llm, selectors
 from kb.models import Conversation, Feedback, Message
 from kb.services.conversations import conversation_delete, conversation_rename, message_ask, message_finish
-from tests.factories import ask, make_collection, make_user
+from tests.corpus import BACKUPS
+from tests.factories import add_document, ask, make_collection, make_user
 from tests.helpers import free_port, read_stream
 from tests.standins import Behaviour, failing_model_server
 
@@ -313,3 +314,30 @@ def test_stop_ends_an_answer_while_a_frozen_model_server_has_sent_nothing(settin
     message.refresh_from_db()
     assert message.status == Message.Status.INCOMPLETE and message.error == "Stopped at your request."
     assert "Stopped at your request." in events[-1][1]
+
+
+def test_the_conversation_page_reads_its_answers_sources_in_a_fixed_number_of_queries():
+    """The page-speed benchmark found the page slowing with each answer (sources and ratings
+    were read answer by answer): a long conversation costs the same queries as a short one."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    user = make_user()
+    collection = make_collection(viewer=[user])
+    document = add_document(collection, "ops/backups.md", BACKUPS)
+    conversation = Conversation.objects.create(user=user, title="Backups")
+    client = _client(user)
+
+    def add_answers(count: int) -> int:
+        for _ in range(count):
+            sources = [{"n": 1, "chunk_id": chunk.pk, "document_id": document.pk, "collection_id": collection.pk,
+                        "title": document.title, "heading": chunk.heading_path, "text": chunk.text}
+                       for chunk in document.chunks.all()[:1]]  # fmt: skip
+            Message.objects.create(conversation=conversation, question="When?", answer="Nightly [1].",
+                                   status=Message.Status.COMPLETE, sources=sources)  # fmt: skip
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(conversation.get_absolute_url()).status_code == 200
+        return len(queries)
+
+    short = add_answers(2)
+    assert add_answers(8) == short  # ten answers, the same queries as two

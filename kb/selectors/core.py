@@ -209,22 +209,41 @@ def feedback_get(*, user, message: Message) -> Feedback | None:
     return Feedback.objects.filter(message=message, user=user).first() if user.is_authenticated else None
 
 
+def feedback_by_message(*, user, messages: list[Message]) -> dict[int, Feedback]:
+    """The user's own judgements of these answers, by message id: one query for a whole conversation."""
+    if not user.is_authenticated:
+        return {}
+    return {f.message_id: f for f in Feedback.objects.filter(message__in=messages, user=user)}
+
+
 def message_sources(*, user, message: Message) -> list[dict]:
     """The message's sources that the user may still read (grants can be revoked after asking)."""
+    return message_sources_by_message(user=user, messages=[message])[message.pk]
+
+
+def message_sources_by_message(*, user, messages: list[Message]) -> dict[int, list[dict]]:
+    """message_sources for many answers at once (a conversation page): two queries, not two an answer."""
     readable = set(_readable_collections(user).values_list("pk", flat=True))
-    sources = [s for s in message.sources if s.get("collection_id") in readable]
-    return with_freshness(sources)
+    kept = {m.pk: [s for s in m.sources if s.get("collection_id") in readable] for m in messages}
+    documents = _source_documents([s["document_id"] for sources in kept.values() for s in sources])
+    return {pk: with_freshness(sources, documents) for pk, sources in kept.items()}
 
 
-def with_freshness(sources: list[dict]) -> list[dict]:
-    """The sources with their documents' address and age now: `url`, `modified`, and `stale` when
-    the page has not changed at its source for longer than its collection's stale_after_days."""
-    documents = {
+def _source_documents(ids) -> dict[int, dict]:
+    return {
         row.pop("pk"): row
-        for row in Document.objects.filter(pk__in=[s["document_id"] for s in sources]).values(
+        for row in Document.objects.filter(pk__in=ids).values(
             "pk", "url", "source_modified", "collection__stale_after_days", "deleted_at"
         )
     }
+
+
+def with_freshness(sources: list[dict], documents: dict[int, dict] | None = None) -> list[dict]:
+    """The sources with their documents' address and age now: `url`, `modified`, and `stale` when
+    the page has not changed at its source for longer than its collection's stale_after_days.
+    `documents`: their rows, when the caller has read them already (_source_documents)."""
+    if documents is None:
+        documents = _source_documents([s["document_id"] for s in sources])
     now = timezone.now()
     fresh = []
     for source in sources:

@@ -30,11 +30,13 @@ from kb.sse import sse_event
 logger = logging.getLogger(__name__)
 
 
-def _message_context(user, message: Message) -> dict:
-    sources = selectors.message_sources(user=user, message=message)
+def _message_context(user, message: Message, *, sources: list[dict] | None = None, feedback=False) -> dict:
+    """One answer's template context; a conversation page passes what it read for all of them."""
+    if sources is None:
+        sources = selectors.message_sources(user=user, message=message)
     return {
         "message": message,
-        "feedback": selectors.feedback_get(user=user, message=message),
+        "feedback": selectors.feedback_get(user=user, message=message) if feedback is False else feedback,
         "sources": [{**s, "breadcrumb": answering.breadcrumb(s)} for s in sources],
         **answering.checked_answer(message, sources),
     }
@@ -112,7 +114,10 @@ def _to_new_conversation(request: HttpRequest, conversation) -> HttpResponse:
 
 
 def _conversation_page(request: HttpRequest, conversation) -> TemplateResponse:
-    items = [_message_context(request.user, m) for m in conversation.messages.all()]
+    messages_ = list(conversation.messages.all())
+    sources = selectors.message_sources_by_message(user=request.user, messages=messages_)
+    feedback = selectors.feedback_by_message(user=request.user, messages=messages_)
+    items = [_message_context(request.user, m, sources=sources[m.pk], feedback=feedback.get(m.pk)) for m in messages_]
     return TemplateResponse(
         request,
         "kb/conversation_detail.html",
