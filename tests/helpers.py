@@ -181,3 +181,22 @@ def sign_in(page, base: str, username: str) -> None:
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
     expect(page.locator(".topbar .who")).to_have_text(username)
+
+
+def wait_for_answer(article, *, before_retry=None) -> bool:
+    """Wait until the answer in `article` (a conversation's `article.message`) is finished.
+
+    The bundled demo model (SmolLM2-135M) now and then writes nothing at all; kb then says "The
+    model server returned an empty answer" beside the passages and offers Regenerate, which is
+    what a reader does next: so do that, once (`before_retry` runs first, e.g. to reset what a
+    test records). Returns whether it had to.
+    """
+    regenerate = article.get_by_role("button", name="Regenerate")
+    expect(regenerate).to_be_visible(timeout=180_000)
+    if article.locator(".answer").count():
+        return False
+    if before_retry is not None:
+        before_retry()
+    regenerate.click()
+    expect(article.locator(".answer:not(.streaming)")).to_be_visible(timeout=180_000)
+    return True

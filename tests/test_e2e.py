@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from kb.services.collections import collection_create, collection_grant
 from tests.corpus import BACKUPS, long_document
-from tests.helpers import ARTIFACTS, PASSWORD, sign_in
+from tests.helpers import ARTIFACTS, PASSWORD, sign_in, wait_for_answer
 from tests.ingestion.builders import make_zip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -61,8 +61,7 @@ def test_upload_ingest_ask_stream_and_follow_a_citation(
     # The conversation page arrives in the ask's own response (no second page load), and
     # its address is pushed so that reload and back work.
     expect(page).to_have_url(re.compile(r"/conversations/\d+/$"), timeout=60_000)  # loads the model
-    answer = page.locator("article.message .answer:not(.streaming)")
-    expect(answer).to_be_visible(timeout=120_000)
+    wait_for_answer(page.locator("article.message").first, before_retry=lambda: page.evaluate("window.kbSse = []"))
     events = page.evaluate("window.kbSse")
     tokens = [e for e in events if e["type"] == "token"]
     assert len(tokens) > 3, events
@@ -80,7 +79,7 @@ def test_upload_ingest_ask_stream_and_follow_a_citation(
     expect(page.locator("article.message")).to_have_count(2)
     second = page.locator("article.message").nth(1)
     expect(second.locator(".question")).to_have_text("How many copies does it keep?")
-    expect(second.locator(".answer:not(.streaming)")).to_be_visible(timeout=120_000)
+    wait_for_answer(second)
     expect(second.locator("ol.sources li").first).to_contain_text(re.compile("backup", re.I))
     # The reader rates it; the judgement is stored for admins.
     second.get_by_role("button", name="Helpful", exact=True).click()

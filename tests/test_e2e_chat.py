@@ -17,7 +17,7 @@ from kb.models import Message
 from kb.services.collections import collection_create, collection_grant
 from tests.corpus import BACKUPS
 from tests.factories import add_document
-from tests.helpers import PASSWORD, free_port, kb_web_server, sign_in
+from tests.helpers import PASSWORD, free_port, kb_web_server, sign_in, wait_for_answer
 from tests.standins import Behaviour, failing_model_server
 from tests.ui import check_page
 
@@ -42,18 +42,6 @@ def _reader_with_backups():
     collection_grant(actor=system_user(), collection=collection, user=user, role="viewer")
     add_document(collection, "ops/backups.md", BACKUPS)
     return user, collection
-
-
-def _answered(article) -> bool:
-    """Wait for the article's answer to finish; the small demo model now and then writes nothing,
-    and then the reader's next step is Regenerate."""
-    regenerate = article.get_by_role("button", name="Regenerate")
-    expect(regenerate).to_be_visible(timeout=120_000)
-    if article.locator(".answer").count():
-        return False
-    regenerate.click()
-    expect(article.locator(".answer:not(.streaming)")).to_be_visible(timeout=120_000)
-    return True
 
 
 def _said(page, text: str) -> list[str]:
@@ -93,7 +81,7 @@ def test_asking_with_the_real_model_then_copy_follow_up_rename_search_and_delete
     box.press("Enter")
     expect(page).to_have_url(re.compile(r"/conversations/\d+/$"), timeout=60_000)
     first = page.locator("article.message").first
-    again = _answered(first)
+    again = wait_for_answer(first)
     expect(first.locator("ol.sources li").first).to_contain_text(re.compile("backup", re.I))
     events = page.evaluate("window.kbSse")
     assert "state" in events and "token" in events and events.index("state") < events.index("token"), events
@@ -125,7 +113,7 @@ def test_asking_with_the_real_model_then_copy_follow_up_rename_search_and_delete
     box.press("Enter")
     expect(page.locator("article.message")).to_have_count(2)
     last = page.locator("article.message").nth(1)
-    _answered(last)
+    wait_for_answer(last)
     expect(page.locator("#ask-error")).to_have_text("")
 
     # The sticky ask box covers neither the last answer's passages nor its buttons.

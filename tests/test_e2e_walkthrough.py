@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 
 from kb.models import Document, Feedback
 from tests.corpus import BACKUPS
-from tests.helpers import PASSWORD, free_port, kb_web_server, sign_in
+from tests.helpers import PASSWORD, free_port, kb_web_server, sign_in, wait_for_answer
 from tests.ui import check_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -50,6 +50,15 @@ HOLIDAYS = """<html><head><title>Holidays</title></head><body>
 <h2>Booking</h2>
 <p>Book holidays in the HR portal at least two weeks ahead.</p>
 </body></html>"""
+
+
+def check_dark_too(page, name: str) -> None:
+    """The same page in the dark theme (the system setting): it must pass the same checks."""
+    page.emulate_media(color_scheme="dark")
+    try:
+        check_page(page, f"{name}-dark")
+    finally:
+        page.emulate_media(color_scheme="light")
 
 
 def open_nav(page, name: str) -> None:
@@ -96,6 +105,7 @@ def test_a_team_walks_through_kb(sized_page, web_server, celery_worker_process, 
     expect(rows.locator(".badge", has_text="Ready")).to_have_count(3)
     expect(page.locator("#batches .batch-counts")).to_contain_text("3 of 3 ready")
     check_page(page, "walk-collection")
+    check_dark_too(page, "walk-collection")
 
     # 5. A question sent with Enter; Shift+Enter only adds a line. Its states, then Stop.
     box = page.get_by_label("Ask a question about Handbook")
@@ -120,12 +130,13 @@ def test_a_team_walks_through_kb(sized_page, web_server, celery_worker_process, 
     follow_up.press("Enter")
     expect(page.locator("article.message")).to_have_count(2, timeout=30_000)
     second = page.locator("article.message").nth(1)
-    expect(second.locator(".answer:not(.streaming)")).to_be_visible(timeout=180_000)
+    wait_for_answer(second)
     expect(second.locator("ol.sources")).to_contain_text(re.compile("backup", re.I))
     said = " | ".join(page.evaluate("window.kbSaid"))
     assert re.search(r"Searching.*Found \d+ passages?.*Writing", said), said
     assert "Answer finished" in said or "answer" in said.lower(), said
     check_page(page, "walk-conversation")
+    check_dark_too(page, "walk-conversation")
     second.get_by_role("button", name="Helpful", exact=True).click()
     expect(second.locator(".feedback-thanks")).to_be_visible()
 
@@ -196,6 +207,7 @@ def test_a_team_walks_through_kb(sized_page, web_server, celery_worker_process, 
         expect(answer).to_contain_text("The model server is offline", timeout=60_000)
         expect(answer.locator("ol.sources li").first).to_be_visible()
         check_page(page, "walk-offline")
+        check_dark_too(page, "walk-offline")
 
     # 12. The admin's feedback view lists the rating given in step 6.
     page.goto(f"{base}/admin/kb/feedback/")
