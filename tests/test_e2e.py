@@ -64,7 +64,8 @@ def test_upload_ingest_ask_stream_and_follow_a_citation(
     wait_for_answer(page.locator("article.message").first, before_retry=lambda: page.evaluate("window.kbSse = []"))
     events = page.evaluate("window.kbSse")
     tokens = [e for e in events if e["type"] == "token"]
-    assert len(tokens) > 3, events
+    # Growth needs two pieces at least; the demo model's shortest answers come in three.
+    assert len(tokens) >= 2, events
     lengths = [e["length"] for e in tokens]
     assert lengths == sorted(lengths) and lengths[-1] > lengths[0], "the answer should grow token by token"
     sources = page.locator("article.message ol.sources li")
