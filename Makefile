@@ -86,7 +86,7 @@ run: setup
 	$(BIN)/python manage.py kb_bootstrap --defer-password
 	$(BIN)/python manage.py kb_prepare_models
 	@echo
-	@echo "kb: starting; its address follows once the web app answers$(if $(TGI_URL),, (model server log: $(LLM_LOG)))"
+	@echo "kb: starting; its address follows once the web app answers$(if $(KB_LLM_URL)$(TGI_URL),, (model server log: $(LLM_LOG)))"
 	@echo
 	$(BIN)/honcho start -f Procfile || [ $$? -eq 130 ]  # 130: stopped with Ctrl-C
 

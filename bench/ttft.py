@@ -198,9 +198,9 @@ def main() -> None:
     llm_env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
     web_url = f"http://127.0.0.1:{free_port()}"
     web_cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", web_url.rsplit(":", 1)[1]]
-    settings.TGI_URL = llm_url
+    settings.KB_LLM_URL = llm_url
     relay = TimingRelay(int(llm_url.rsplit(":", 1)[1]))
-    web_env = _server_env({"TGI_URL": f"http://127.0.0.1:{relay.port}",
+    web_env = _server_env({"KB_LLM_URL": f"http://127.0.0.1:{relay.port}",
                            "KB_DB_NAME": settings.DATABASES["default"]["NAME"],
                            "KB_MEDIA_ROOT": str(settings.MEDIA_ROOT)})  # fmt: skip
     rows = []

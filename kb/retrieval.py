@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.exceptions import EmptyResultSet
-from django.db import connection, transaction
+from django.db import connections, transaction
 from django.db.models.functions import Cast
 from django.utils import timezone
 from pgvector.django import CosineDistance, VectorField
@@ -161,7 +161,8 @@ def nearest(chunks, vector: list[float]):
 
 def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]]:
     """(chunk id, cosine similarity) best first, via the HNSW index of the vector's size."""
-    with transaction.atomic(), connection.cursor() as cursor:
+    alias = chunks.db  # the primary, or the read replica for search (KB_SEARCH_DATABASE)
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         # pgvector 0.8: keep scanning the index until `limit` rows pass the access
         # filter, instead of returning too few when the readable share is small.
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
@@ -173,7 +174,7 @@ def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]
         # (a graph not yet vacuumed after many deletions: seen in the test suite). Fewer than
         # `limit` readable chunks reached means the set to search is small or the index failed
         # it; either way the exact search, through the collection index, is the right answer.
-        with transaction.atomic(), connection.cursor() as cursor:
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
             for setting, value in (("enable_indexscan", "off"), ("enable_seqscan", "on"),
                                    ("enable_bitmapscan", "on"), ("enable_sort", "on")):  # fmt: skip
                 cursor.execute(f"SET LOCAL {setting} = {value}")
@@ -313,7 +314,7 @@ def keyword_leg(chunks, text: str, limit: int, *, collection_ids: Iterable[int])
     params = [*scope_params, list(collection_ids), settings.KB_FTS_CONFIG, text.replace("\\", " "),
               settings.KB_KEYWORD_MAX_DF, scale, weights, k1, b, b, limit, section, scale, weights, k1, b, b,
               section, limit]  # fmt: skip
-    with connection.cursor() as cursor:
+    with connections[chunks.db].cursor() as cursor:
         cursor.execute(_BM25_SQL.format(scope=scope), params)
         return [(pk, float(score)) for pk, score in cursor.fetchall()]
 
@@ -503,7 +504,7 @@ def search(
 
     top_k = top_k or settings.KB_TOP_K
     candidates = max(settings.KB_CANDIDATES, top_k)
-    chunks = selectors.chunks_readable_by(user=user)
+    chunks = selectors.chunks_readable_by(user=user).using(settings.KB_SEARCH_DATABASE)
     if collection_ids is not None:
         collection_ids = list(collection_ids)
         chunks = chunks.in_collections(collection_ids)

@@ -104,6 +104,18 @@ else:
 # Never hold a transaction across a request: answers stream from a slow model.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0)
+# Search on a read replica (docs/deployment.md): hybrid search's chunk queries, most of the
+# database's work when many people ask, go to KB_SEARCH_DATABASE_URL when it is set; every
+# write, and the access check that decides which collections are searched, stay on the primary.
+if env.str("KB_SEARCH_DATABASE_URL", default=""):
+    DATABASES["search"] = {
+        **env.db_url("KB_SEARCH_DATABASE_URL"),
+        "ATOMIC_REQUESTS": False,
+        "CONN_MAX_AGE": DATABASES["default"]["CONN_MAX_AGE"],
+        "OPTIONS": {**DATABASES["default"].get("OPTIONS", {})},
+        "TEST": {"MIRROR": "default"},
+    }
+KB_SEARCH_DATABASE = "search" if "search" in DATABASES else "default"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -292,9 +304,15 @@ KB_DUPLICATE_THRESHOLD = env.float("KB_DUPLICATE_THRESHOLD", default=0.8)
 # Tokens of source text put into the prompt (keep small for the tiny local model).
 KB_CONTEXT_TOKENS = env.int("KB_CONTEXT_TOKENS", default=600)
 
-# Model server (TGI in production, llama.cpp's OpenAI-compatible server locally)
-TGI_URL = env.str("TGI_URL", default="http://127.0.0.1:8080")
-TGI_MODEL = env.str("TGI_MODEL", default="tgi")
+# Model server: vLLM in production (docker-compose.yml), llama.cpp's OpenAI-compatible server
+# locally; TGI and SGLang serve the same API. TGI_URL and TGI_MODEL, their names before
+# KB_LLM_*, are still read when the new ones are unset; the code knows only KB_LLM_*.
+KB_LLM_URL = env.str("KB_LLM_URL", default="") or env.str("TGI_URL", default="http://127.0.0.1:8080")
+# The served model name sent with every request (vLLM answers 404 to any other); empty: the
+# first model the server lists at /v1/models.
+KB_LLM_MODEL = env.str("KB_LLM_MODEL", default="") or env.str("TGI_MODEL", default="")
+# Sent as a bearer token: vLLM's, TGI's and SGLang's --api-key.
+KB_LLM_API_KEY = env.str("KB_LLM_API_KEY", default="")
 KB_LLM_TIMEOUT = env.float("KB_LLM_TIMEOUT", default=60.0)
 # Start writing an answer when its question is posted, relayed to the page through Redis
 # (kb.answer_relay), instead of when the page's event stream connects.

@@ -61,7 +61,7 @@ def llm_server() -> Iterator[str]:
 
 @pytest.fixture
 def model_server(llm_server, settings) -> str:
-    settings.TGI_URL = llm_server
+    settings.KB_LLM_URL = llm_server
     return llm_server
 
 

@@ -72,7 +72,7 @@ def _server_env(extra: dict | None = None) -> dict:
         "KB_DB_NAME": connection.settings_dict["NAME"],
         "KB_MEDIA_ROOT": str(django_settings.MEDIA_ROOT),
         "KB_QUEUE": django_settings.CELERY_TASK_DEFAULT_QUEUE,
-        "TGI_URL": django_settings.TGI_URL,
+        "KB_LLM_URL": django_settings.KB_LLM_URL,
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
         "KB_EMBEDDED_DB_KEEP": "1",  # the test session started the server and stops it
@@ -121,7 +121,7 @@ def answers(url: str):
 
 @contextmanager
 def kb_web_server(env: dict | None = None) -> Iterator[str]:
-    """uvicorn serving kb's ASGI app on this test run's database and settings.TGI_URL (`env`: more settings)."""
+    """uvicorn serving kb's ASGI app on this test run's database and settings.KB_LLM_URL (`env`: more settings)."""
     url = f"http://127.0.0.1:{free_port()}"
     cmd = [str(BIN / "uvicorn"), "kb.asgi:application", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
     with running("web", cmd, ready=answers(f"{url}/login/"), env=_server_env(env)):

@@ -27,7 +27,7 @@ def test_model_server_dying_mid_stream_keeps_the_partial_answer_marked_incomplet
     user, message = ask()
     behaviour = Behaviour(tokens=["Backups ", "run ", "nightly ", "at ", "02:00 ", "[1]."], fail_after=3)
     with failing_model_server(behaviour) as (url, record):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         events = read_stream(user, message)
     assert [data for event, data in events if event == "token"] == ["Backups ", "run ", "nightly "]
     assert events[-1][0] == "done"
@@ -42,7 +42,7 @@ def test_slow_model_server_times_out_with_an_actionable_error(settings):
     user, message = ask()
     settings.KB_LLM_TIMEOUT = 0.5
     with failing_model_server(Behaviour(delay_before=3)) as (url, _):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         started = time.monotonic()
         events = read_stream(user, message)
         waited = time.monotonic() - started
@@ -60,7 +60,7 @@ def test_model_server_stalling_mid_stream_keeps_what_arrived(settings):
         url,
         _,
     ):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         read_stream(user, message)
     message.refresh_from_db()
     assert message.status == Message.Status.INCOMPLETE
@@ -71,7 +71,7 @@ def test_model_server_stalling_mid_stream_keeps_what_arrived(settings):
 def test_model_server_error_status_is_reported_without_an_answer(settings):
     user, message = ask()
     with failing_model_server(Behaviour(status=500)) as (url, record):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         read_stream(user, message)
     assert len(record.requests) >= 1
     message.refresh_from_db()
@@ -102,7 +102,7 @@ def streaming_through_uvicorn(settings, user, message):
     one every 50 ms: twenty seconds of answer if nobody stops it.
     """
     with failing_model_server(Behaviour(delay_between=0.05)) as (url, record):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         with kb_web_server() as web:
             stream_url = web + reverse("message_stream", args=[message.pk])
             with httpx.stream("GET", stream_url, cookies=session_cookies(user), timeout=10) as response:

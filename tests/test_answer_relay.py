@@ -74,7 +74,7 @@ def stream(web: str, user, message: Message, **headers):
 def test_the_posted_question_starts_the_answer_and_a_page_on_another_web_process_reads_all_of_it(settings):
     user, collection = reader_of_backups()
     with failing_model_server(Behaviour(tokens=WORDS, delay_between=0.05)) as (url, record):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         with kb_web_server() as first, kb_web_server() as second:
             message = post_question(first, user, collection)
             # Nobody has opened the answer's stream, yet the model is already writing it.
@@ -96,7 +96,7 @@ def test_the_posted_question_starts_the_answer_and_a_page_on_another_web_process
 def test_an_answer_started_for_a_page_that_never_comes_is_stopped(settings):
     user, collection = reader_of_backups()
     with failing_model_server(Behaviour(delay_between=0.05)) as (url, record):  # 400 pieces: 20 s
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         with kb_web_server(env={"KB_ANSWER_ATTACH_SECONDS": "1"}) as web:
             message = post_question(web, user, collection)
             message = wait_for_status(message, Message.Status.INCOMPLETE)
@@ -108,7 +108,7 @@ def test_an_answer_started_for_a_page_that_never_comes_is_stopped(settings):
 def test_an_answer_started_early_stops_when_its_last_reader_leaves(settings):
     user, collection = reader_of_backups()
     with failing_model_server(Behaviour(delay_between=0.05)) as (url, record):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         with kb_web_server() as web:
             message = post_question(web, user, collection)
             with stream(web, user, message) as response:
@@ -123,7 +123,7 @@ def test_an_answer_started_early_stops_when_its_last_reader_leaves(settings):
 def test_a_second_reader_joins_and_a_reconnect_resumes_after_its_last_event(settings):
     user, message = ask()  # pending: the first page to connect writes it
     with failing_model_server(Behaviour(tokens=WORDS, delay_between=0.05)) as (url, record):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         with kb_web_server() as web:
             with stream(web, user, message) as writer:
                 lines = writer.iter_lines()

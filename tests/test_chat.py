@@ -270,7 +270,7 @@ def test_a_finished_answer_sends_no_state():
 
 
 def test_model_server_offline_says_so_plainly_and_still_lists_the_passages(settings, caplog):
-    settings.TGI_URL = url = f"http://127.0.0.1:{free_port()}"
+    settings.KB_LLM_URL = url = f"http://127.0.0.1:{free_port()}"
     user, message = ask()
     with caplog.at_level(logging.WARNING, logger="kb.llm"):
         events = read_stream(user, message)
@@ -294,7 +294,7 @@ def test_model_server_offline_says_so_plainly_and_still_lists_the_passages(setti
     ],
 )
 def test_no_model_server_error_shows_an_address_or_a_make_target(settings, exc):
-    settings.TGI_URL = "http://llm.internal.example:8080"
+    settings.KB_LLM_URL = "http://llm.internal.example:8080"
     message = str(llm._friendly(exc))
     assert "llm.internal" not in message and "8080" not in message and "make" not in message
     assert "http" not in message
@@ -304,7 +304,7 @@ def test_stop_ends_an_answer_while_a_frozen_model_server_has_sent_nothing(settin
     user, message = ask()
     settings.KB_LLM_TIMEOUT = 30
     with failing_model_server(Behaviour(delay_before=20)) as (url, _):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         # Stop pressed as the model is asked: the frozen server never sends a first word.
         Message.objects.filter(pk=message.pk).update(stop_requested=True)
         started = time.monotonic()

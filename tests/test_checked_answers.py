@@ -41,7 +41,7 @@ def _ask_on_the_page(question: str):
 
 
 def test_the_quoted_answer_is_on_the_page_the_ask_returns_before_any_model_output(settings):
-    settings.TGI_URL = "http://127.0.0.1:9"  # nothing listens: no model output can have arrived
+    settings.KB_LLM_URL = "http://127.0.0.1:9"  # nothing listens: no model output can have arrived
     user, message = _ask_on_the_page("When does the database backup run?")
     assert message.mode == "auto" and message.status == Message.Status.PENDING
     [quoted] = message.extractive["sentences"]
@@ -63,7 +63,7 @@ def test_the_quote_is_worked_out_after_the_model_was_asked_so_it_costs_the_first
 
 def test_with_the_model_server_down_the_quoted_answer_still_shows(settings):
     with failing_model_server(Behaviour(status=503)) as (url, _):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         user, message = _ask_on_the_page("When does the database backup run?")
         events = read_stream(user, message)
     message.refresh_from_db()
@@ -74,7 +74,7 @@ def test_with_the_model_server_down_the_quoted_answer_still_shows(settings):
 def test_an_invented_identifier_is_marked_and_a_wrong_number_corrected(settings):
     user, message = ask("When does the database backup run?")
     with failing_model_server(Behaviour(tokens=INVENTED)) as (url, _):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         events = read_stream(user, message)
     message.refresh_from_db()
     assert message.status == Message.Status.COMPLETE
@@ -92,7 +92,7 @@ def test_a_looping_model_is_cut_off_and_what_it_wrote_is_kept_once(settings):
     loop = ["The backup runs nightly at 02:00. "] * 50
     # Paced as a model writes, so the loop is noticed while generation is still going.
     with failing_model_server(Behaviour(tokens=loop, delay_between=0.05)) as (url, record):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         read_stream(user, message)
         assert record.finished.wait(5)
     message.refresh_from_db()
@@ -105,7 +105,7 @@ def test_a_looping_model_is_cut_off_and_what_it_wrote_is_kept_once(settings):
 def test_an_empty_answer_is_a_failure_not_a_complete_answer(settings):
     user, message = ask()
     with failing_model_server(Behaviour(tokens=[])) as (url, _):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         events = read_stream(user, message)
     message.refresh_from_db()
     assert (message.status, message.error) == (Message.Status.FAILED, EMPTY_ANSWER)
@@ -114,7 +114,7 @@ def test_an_empty_answer_is_a_failure_not_a_complete_answer(settings):
 
 def test_extractive_mode_answers_with_quotes_and_calls_no_model(settings):
     settings.KB_ANSWER_MODE = "extractive"
-    settings.TGI_URL = "http://127.0.0.1:9"  # nothing listens: a model call would fail the test
+    settings.KB_LLM_URL = "http://127.0.0.1:9"  # nothing listens: a model call would fail the test
     user = make_user()
     collection = make_collection(viewer=[user])
     add_document(collection, "backups.md", BACKUPS)
@@ -144,7 +144,7 @@ def test_the_json_api_shows_the_same_decisions_as_the_page(settings):
     _, raw = api_token_create(user=user, name="test")
     body = {"question": "When does the database backup run?", "collections": [collection.pk], "stream": False}
     with failing_model_server(Behaviour(tokens=INVENTED)) as (url, _):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         response = Client().post(
             reverse("api_ask"), body, content_type="application/json", headers={"Authorization": f"Bearer {raw}"}
         )
@@ -163,7 +163,7 @@ def test_the_json_api_shows_the_same_decisions_as_the_page(settings):
 def test_each_sentence_is_checked_while_the_answer_streams_not_at_the_end(settings):
     user, message = ask("When does the database backup run?")
     with failing_model_server(Behaviour(tokens=INVENTED)) as (url, _):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         events = read_stream(user, message)
     kinds = [event for event, _ in events if event != "state"]  # "Writing…" comes first, before any token
     assert kinds[0] == "token"  # the first token is not held back for checking

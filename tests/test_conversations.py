@@ -63,7 +63,7 @@ def test_a_first_question_is_searched_as_asked(two_topics):
 
 def test_model_rewrite_falls_back_to_history_when_the_model_server_is_down(two_topics, settings):
     settings.KB_FOLLOWUP_REWRITE = "model"
-    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
+    settings.KB_LLM_URL = f"http://127.0.0.1:{free_port()}"
     user, collection = two_topics
     first, _ = message_ask(user=user, question="How are backups made?", collections=[collection])
     answered(first)

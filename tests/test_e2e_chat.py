@@ -160,7 +160,7 @@ def test_a_frozen_model_server_shows_found_then_writing_with_seconds_and_stop_en
     _, collection = _reader_with_backups()
     # Nothing for a minute: the answer's states must show, not an empty box.
     with failing_model_server(Behaviour(delay_before=60)) as (url, _):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         with kb_web_server() as base:
             page.add_init_script(RECORD)
             sign_in(page, base, "reader")
@@ -190,7 +190,7 @@ def test_a_frozen_model_server_shows_found_then_writing_with_seconds_and_stop_en
 
 def test_model_server_offline_still_lists_the_passages_and_code_can_be_copied(sized_page, settings):
     page = sized_page
-    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    settings.KB_LLM_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     _reader_with_backups()
     with kb_web_server() as base:
         sign_in(page, base, "reader")
@@ -223,7 +223,7 @@ def test_model_server_offline_still_lists_the_passages_and_code_can_be_copied(si
 def test_a_refused_follow_up_keeps_what_was_typed(page, settings):
     """A question the server refuses (422, here one past the 2,000-character limit that the box's
     maxlength would normally stop) is answered with the reason, and the text stays in the box."""
-    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"  # nothing is answered: the ask is refused first
+    settings.KB_LLM_URL = f"http://127.0.0.1:{free_port()}"  # nothing is answered: the ask is refused first
     _reader_with_backups()
     with kb_web_server() as base:
         sign_in(page, base, "reader")

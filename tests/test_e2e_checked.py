@@ -31,7 +31,7 @@ def test_the_quoted_answer_comes_first_then_the_checked_answer_with_the_invented
     add_document(collection, "ops/backups.md", BACKUPS)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with failing_model_server(Behaviour(tokens=INVENTED, delay_before=1.5, delay_between=0.25)) as (url, _):
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         with kb_web_server() as base:
             sign_in(page, base, "reader")
             page.goto(f"{base}/collections/{collection.pk}/")

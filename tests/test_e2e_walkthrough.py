@@ -195,7 +195,7 @@ def test_a_team_walks_through_kb(sized_page, web_server, celery_worker_process, 
 
     # 11. The model server offline: a banner on every page, and the passages still found.
     # (Cookies ignore the port, so the same session signs in to this second web server.)
-    with kb_web_server({"TGI_URL": f"http://127.0.0.1:{free_port()}"}) as offline:
+    with kb_web_server({"KB_LLM_URL": f"http://127.0.0.1:{free_port()}"}) as offline:
         page.goto(collection_url.replace(base, offline))
         banner = page.locator(".model-offline")
         expect(banner).to_contain_text("The model server is offline", timeout=15_000)

@@ -142,7 +142,7 @@ def test_under_honcho_a_killed_model_server_comes_back_and_the_web_app_stays_up(
     # The Procfile's llm line runs `make llm-supervised`; MAKEFLAGS gives that make its port and log.
     env = _no_host_port(_server_env({"KB_PORT": str(web_port),
                                      "MAKEFLAGS": f"LLM_PORT={llm_port} LLM_LOG={tmp_path / 'llm.log'}"}))  # fmt: skip
-    env.pop("TGI_URL")  # set, it would mean an external model server and no local one
+    env.pop("KB_LLM_URL")  # set, it would mean an external model server and no local one
     out = tmp_path / "honcho.out"
     with _process([str(BIN / "honcho"), "-f", "Procfile", "start", "web", "llm"], out, env=env) as honcho:
         pid = int(_wait_for(r"llm\.1\s+\| started the model server \(pid (\d+)\)", out, timeout=60).group(1))

@@ -45,19 +45,19 @@ def _status(client, **headers):
 
 
 def test_the_banner_says_offline_for_a_closed_port_and_never_shows_the_url(client, settings):
-    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
+    settings.KB_LLM_URL = f"http://127.0.0.1:{free_port()}"
     client.force_login(make_user())
     response = _status(client)
     assert response.status_code == 200
     body = response.content.decode()
     assert OFFLINE in body
-    assert "127.0.0.1" not in body and settings.TGI_URL not in body
+    assert "127.0.0.1" not in body and settings.KB_LLM_URL not in body
 
 
 def test_the_check_is_shared_by_requests_for_ten_seconds(client, settings):
     seen: list[str] = []
     with loopback_server(_models_handler({"/v1/models": 200}, seen)) as url:
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         client.force_login(make_user())
         for _ in range(3):
             assert OFFLINE not in _status(client).content.decode()
@@ -67,7 +67,7 @@ def test_the_check_is_shared_by_requests_for_ten_seconds(client, settings):
 def test_a_server_without_a_model_list_counts_as_up_when_its_health_check_answers(client, settings):
     seen: list[str] = []
     with loopback_server(_models_handler({"/health": 200}, seen)) as url:
-        settings.TGI_URL = url + "/v1"  # a base URL given with its /v1 suffix is checked at the server's root
+        settings.KB_LLM_URL = url + "/v1"  # a base URL given with its /v1 suffix is checked at the server's root
         client.force_login(make_user())
         assert OFFLINE not in _status(client).content.decode()
     assert seen == ["/v1/models", "/health"]
@@ -75,7 +75,7 @@ def test_a_server_without_a_model_list_counts_as_up_when_its_health_check_answer
 
 def test_a_server_that_answers_errors_counts_as_offline(client, settings):
     with loopback_server(_models_handler({"/v1/models": 503, "/health": 503}, [])) as url:
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         client.force_login(make_user())
         assert OFFLINE in _status(client).content.decode()
 
@@ -94,7 +94,7 @@ def test_a_busy_server_that_accepts_but_answers_late_is_not_called_offline(clien
             send_json(self, 200, {"object": "list", "data": []})
 
     with loopback_server(Busy) as url:
-        settings.TGI_URL = url
+        settings.KB_LLM_URL = url
         client.force_login(make_user())
         try:
             body = _status(client).content.decode()
@@ -108,7 +108,7 @@ def test_pages_render_without_waiting_for_the_check(client, settings, monkeypatc
         raise AssertionError("a page render must not check the model server")
 
     monkeypatch.setattr("kb.llm._aprobe", never)
-    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
+    settings.KB_LLM_URL = f"http://127.0.0.1:{free_port()}"
     client.force_login(make_user())
     body = client.get(reverse("home")).content.decode()
     assert 'id="model-status"' in body and 'role="status"' in body and 'aria-live="polite"' in body
@@ -151,7 +151,7 @@ def test_the_banner_appears_and_goes_away_without_a_reload(sized_page):
     page = sized_page
     port = free_port()
     make_user("reader", password=PASSWORD)
-    with kb_web_server({"TGI_URL": f"http://127.0.0.1:{port}"}) as base:
+    with kb_web_server({"KB_LLM_URL": f"http://127.0.0.1:{port}"}) as base:
         sign_in(page, base, "reader")
         banner = page.locator("#model-status")
         expect(banner).to_have_text(OFFLINE, timeout=10_000)

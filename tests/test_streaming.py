@@ -18,9 +18,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def unreachable_model_server(settings) -> str:
-    """A TGI_URL where nothing listens: the model server is down (or must not be called)."""
-    settings.TGI_URL = f"http://127.0.0.1:{free_port()}"
-    return settings.TGI_URL
+    """A KB_LLM_URL where nothing listens: the model server is down (or must not be called)."""
+    settings.KB_LLM_URL = f"http://127.0.0.1:{free_port()}"
+    return settings.KB_LLM_URL
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Each question is asked through the conversation services, as a reader asks it (a
 conversation of the evaluating user's is recorded), and answered by whatever model server
-TGI_URL names. The figures are kb's own checks of each answer, so they mean the same for any
+KB_LLM_URL names. The figures are kb's own checks of each answer, so they mean the same for any
 model: the share of shown statements kb could vouch for and cite, the identifiers and
 numbers found in no source, answers that looped or came back empty, abstentions right and
 wrong, and the time to the quoted (extractive) answer and to the model's first token.

@@ -132,7 +132,7 @@ class Command(BaseCommand):
         parser.add_argument("--user", metavar="USERNAME", help="evaluate with this user's access (default: operator)")
         parser.add_argument("--json", action="store_true", help="print the figures and each question's ranks as JSON")
         parser.add_argument("--generate", action="store_true",
-                            help="run the real answer path (TGI_URL's model) and report what kb vouched for")
+                            help="run the real answer path (KB_LLM_URL's model) and report what kb vouched for")
         parser.add_argument("--limit", type=int, default=None, metavar="N",
                             help="with --generate: N answerable (and N/5 unanswerable) questions")  # fmt: skip
 
