@@ -60,6 +60,7 @@ urlpatterns = [
     path("reset/<uidb64>/<token>/", people.SetPasswordView.as_view(), name="password_reset_confirm"),
     path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
     path("api/v1/", include("kb.api.urls")),
+    path("v1/", include("kb.api.openai_urls")),  # OpenAI-compatible (issue 16)
     path("status/model/", status.model_status, name="model_status"),
 ]
 

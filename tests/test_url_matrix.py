@@ -109,6 +109,10 @@ EXPECTED = {
     "api_documents_upload": ("api-post", ["collection"], "file", _row(401, 404, 404, 202, 202, 404, 202)),
     "api_document_detail": ("api-get", ["document"], None, _row(401, 404, 200, 200, 200, 200, 200)),
     "api_ask": ("api-json", [], "ask", _row(401, 404, 200, 200, 200, 200, 200)),
+    # The OpenAI-compatible API (issue 16): the same tokens; a collection's model is 404 to whoever cannot read it.
+    "openai_models": ("api-get", [], None, _row(401, 200, 200, 200, 200, 200, 200)),
+    "openai_model": ("api-get", ["model"], None, _row(401, 404, 200, 200, 200, 200, 200)),
+    "openai_chat_completions": ("api-json", [], "openai", _row(401, 404, 200, 200, 200, 200, 200)),
 }
 # Django's admin is one rule for all its pages: staff only, everyone else to its sign-in.
 ADMIN = _row(302, 302, 302, 302, 302, 302, 200)
@@ -162,6 +166,7 @@ def world():
         "person": users["viewer"],
         "reset_uid": SimpleNamespace(pk=urlsafe_base64_encode(force_bytes(users["viewer"].pk))),
         "reset_token": SimpleNamespace(pk="not-a-valid-token"),
+        "model": SimpleNamespace(pk=f"kb/{collection.pk}"),
     }  # fmt: skip
     objects["deleted_document"] = add_document(collection, "old.md", "# Old\n\nNo longer wanted.\n")
     document_delete(user=system_user(), document=objects["deleted_document"])
@@ -182,6 +187,10 @@ def _request(client, method: str, url: str, body, world, role: str):
         body = {"files": [SimpleUploadedFile("new.md", b"# New\n\nfresh text for the matrix\n")]}
     if method in ("get", "api-get"):
         return client.get(url, headers=headers)
+    if method == "api-json" and body == "openai":
+        payload = {"model": f"kb/{world['collection'].pk}", "stream": True,
+                   "messages": [{"role": "user", "content": "When does the backup run?"}]}  # fmt: skip
+        return client.post(url, payload, content_type="application/json", headers=headers)
     if method == "api-json":
         payload = {"question": "When does the backup run?", "collections": [world["collection"].pk], "stream": True}
         return client.post(url, payload, content_type="application/json", headers=headers)

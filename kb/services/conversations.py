@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 
 from asgiref.sync import sync_to_async
@@ -103,17 +103,21 @@ def message_ask(
     collections: list[Collection],
     conversation: Conversation | None = None,
     top_k: int | None = None,
+    history: Sequence = (),
 ) -> tuple[Message, retrieval.Result]:
     """Record a question, retrieve its sources from what the user may read, and return the pending message.
 
     A follow-up in a conversation is first made standalone for retrieval (a possible model
-    call), outside any transaction: a slow model server must not hold one open.
+    call), outside any transaction: a slow model server must not hold one open. `history`:
+    earlier turns kept outside kb (each with `question` and `answer`, e.g. an API client's
+    messages) for a question that starts a new conversation; a conversation's own turns win.
     """
     question = _validate_question(question)
     if conversation is not None and not access.can_use_conversation(user, conversation):
         raise PermissionError("A conversation takes questions from its owner only.")
     readable = [c for c in collections if access.can_read(user, c)]
-    history = selectors.message_history(user=user, conversation=conversation) if conversation else []
+    if conversation is not None:
+        history = selectors.message_history(user=user, conversation=conversation)
     message = Message(question=question, search_query=answering.standalone_question(question, history))
     result = _retrieve_into(message, user=user, collections=readable, top_k=top_k)
     with transaction.atomic():
