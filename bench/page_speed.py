@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
 import signal
 import statistics
@@ -26,12 +25,9 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
-os.environ["KB_DB_NAME"] = "kb_bench_pages"  # its own database, whatever the shell says
-os.environ.pop("DATABASE_URL", None)  # always the embedded server, as the web server below gets
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import _harness  # noqa: E402 - bench/ is on the path when this runs as a script
+
+_harness.use_database("kb_bench_pages")  # its own database, whatever the shell says
 
 CHROMIUM = os.environ.get("KB_CHROMIUM", "/usr/bin/chromium")
 USERNAME, PASSWORD, COLLECTION = "bench-pages", "bench-pages-pw-1", "bench: page speed"
@@ -46,20 +42,6 @@ METRICS = (("ttfb", "TTFB (responseStart)"), ("interactive", "domInteractive"), 
 
 class Interrupted(Exception):
     pass
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} cores"
-
-
-def p95(values: list[float]) -> float:
-    """Nearest rank: of 20 loads, the 19th fastest."""
-    return sorted(values)[max(0, math.ceil(0.95 * len(values)) - 1)]
 
 
 def seed(documents: int, messages: int) -> dict[str, str]:
@@ -162,7 +144,7 @@ def main() -> None:
     with running("bench-pages", cmd, ready=answers(f"{base}/login/"), env=_server_env()):
         figures = measure(base, pages, args.runs, args.warmup)
 
-    cpu = cpu_name()
+    cpu = _harness.cpu_name()
     print(f"{cpu}; {args.runs} loads per page after {args.warmup} warm-ups; load average "
           f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")  # fmt: skip
     print("\n| page | " + " | ".join(f"{label} p50 / p95" for _, label in METRICS) + " |")
@@ -170,7 +152,10 @@ def main() -> None:
     result = {"cpu": cpu, "runs": args.runs, "warmup": args.warmup, "load_average_start": round(load_start, 1),
               "load_average_end": round(os.getloadavg()[0], 1), "pages": {}}  # fmt: skip
     for name, timed in figures.items():
-        row = {key: {"p50_ms": round(statistics.median(v), 1), "p95_ms": round(p95(v), 1)} for key, v in timed.items()}
+        row = {
+            key: {"p50_ms": round(statistics.median(v), 1), "p95_ms": round(_harness.nearest_rank(v, 95), 1)}
+            for key, v in timed.items()
+        }
         result["pages"][name] = {"path": pages[name], **row}
         cells = [f"{row[k]['p50_ms']:.0f} / {row[k]['p95_ms']:.0f} ms" for k, _ in METRICS]
         print(f"| {name} | " + " | ".join(cells) + " |")
