@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,6 +153,14 @@ def read_stream(user, message) -> list[tuple[str, str]]:
         data = "\n".join(line.removeprefix("data: ") for line in lines[1:] if line.startswith("data: "))
         events.append((event, data))
     return events
+
+
+def in_own_thread(function, *args):
+    """function(*args) in a thread of its own: asyncio.run and async_to_sync refuse a thread
+    with a running event loop, which Playwright's sync API leaves in the main thread once a
+    browser test has run (test order then decides whether a test can fail)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function, *args).result()
 
 
 def session_cookies(user) -> dict:

@@ -18,7 +18,7 @@ from asgiref.sync import async_to_sync
 from kb import llm
 from kb.models import Message
 from tests.factories import ask
-from tests.helpers import ROOT, read_stream
+from tests.helpers import ROOT, in_own_thread, read_stream
 from tests.openai_server_standins import FLAVOURS, ServerBehaviour, model_server_standin
 
 QUESTION = [{"role": "user", "content": "When does the backup run?"}]
@@ -73,7 +73,7 @@ def answer(mode: str) -> tuple[list[str], llm.ModelServerError | None]:
             return exc
         return None
 
-    return pieces, asyncio.run(collect())
+    return pieces, in_own_thread(asyncio.run, collect())
 
 
 # --- The model's name, the usage chunk, the key ------------------------------------------------
@@ -223,7 +223,7 @@ def test_a_prompt_plus_answer_over_the_context_is_recognised_too(server, caplog,
 def test_the_model_server_check_sends_the_api_key(server, settings):
     settings.KB_LLM_API_KEY = "s3cret-key"
     with server(ServerBehaviour(flavour="vllm", api_key="s3cret-key")) as b:
-        assert async_to_sync(llm.amodel_server_online)() is True
+        assert in_own_thread(async_to_sync(llm.amodel_server_online)) is True
     assert [(r["path"], r["authorization"]) for r in b.requests] == [("/v1/models", "Bearer s3cret-key")]
 
 

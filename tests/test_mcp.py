@@ -27,7 +27,7 @@ from kb.services.conversations import DISCONNECTED, NO_SOURCE_ANSWER
 from kb.services.tokens import api_token_create
 from tests.corpus import BACKUPS, VACATION
 from tests.factories import add_document, make_collection, make_user
-from tests.helpers import wait_for_status
+from tests.helpers import in_own_thread, wait_for_status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -75,7 +75,7 @@ def session(web_server: str, token: str | None, work, statuses: list[int] | None
                 info = await mcp.initialize()
                 return info if work is None else await work(mcp)
 
-    return asyncio.run(main())
+    return in_own_thread(asyncio.run, main())
 
 
 def call(web_server: str, token: str, tool: str, arguments: dict | None = None):
@@ -220,7 +220,7 @@ def test_a_client_of_the_stateless_protocol_is_scoped_alike(web_server, world):
                 refused = await client.call_tool("search", {"query": QUESTION, "collections": [world["hr"].pk]})
                 return client.protocol_version, listed, refused
 
-    version, listed, refused = asyncio.run(main())
+    version, listed, refused = in_own_thread(asyncio.run, main())
     assert version == "2026-07-28"
     assert [c["name"] for c in listed.structured_content["collections"]] == ["ops"]
     assert refused.is_error and "hr" not in _error(refused)
