@@ -13,13 +13,16 @@ then the notes), so a streaming client receives exactly what a non-streaming one
 from __future__ import annotations
 
 import re
+from contextlib import aclosing
 from dataclasses import dataclass
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.urls import reverse
 
 from kb import answering, verification
 from kb.models import Message
+from kb.services.conversations import message_answer, message_quote
 
 QUOTED_LABEL = "**From the sources**"
 WRITTEN_LABEL = "**Written by the model, checked against the sources**"
@@ -140,3 +143,18 @@ def prompt_tokens(message: Message, sources: list[dict], history, *, asked_model
         return 0
     prompt = answering.build_messages(message.question, sources, history)
     return estimated_tokens("".join(m["content"] for m in prompt))
+
+
+async def answer_to_the_end(*, user, message: Message, sources: list[dict], history, claimed: bool) -> Message:
+    """Let a claimed answer be written to its end with nobody reading along, then add its quoted answer.
+
+    The JSON APIs that answer in one response (/api/ask and /v1 without streaming) wait for
+    the whole answer; the message comes back refreshed, as the services left it.
+    """
+    if claimed:
+        async with aclosing(message_answer(message=message, sources=sources, history=history)) as pieces:
+            async for _ in pieces:
+                pass
+    await sync_to_async(message_quote)(user=user, message=message)
+    await message.arefresh_from_db()
+    return message

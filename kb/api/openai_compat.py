@@ -297,12 +297,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         return aclosing(message_answer(message=message, sources=sources, history=chat.history, checked=checked))
 
     if not chat.stream:
-        if claimed:
-            async with answer() as pieces:
-                async for _ in pieces:
-                    pass
-        await sync_to_async(message_quote)(user=user, message=message)
-        await message.arefresh_from_db()
+        await answers.answer_to_the_end(user=user, message=message, sources=sources, history=chat.history,
+                                        claimed=claimed)  # fmt: skip
         done = await sync_to_async(_finished)(request, message, chat.history, asked_model=claimed)
         choice = {"index": 0, "message": {"role": "assistant", "content": done["content"], "refusal": None},
                   "logprobs": None, "finish_reason": "stop"}  # fmt: skip

@@ -16,6 +16,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, Stream
 from django.views.decorators.http import require_GET, require_POST
 
 from kb import access, answering, selectors, verification
+from kb.api.answers import answer_to_the_end
 from kb.api.auth import token_required
 from kb.models import Message, Role
 from kb.services.conversations import message_answer, message_answer_start, message_ask, message_quote
@@ -101,9 +102,7 @@ def documents_upload(request: HttpRequest, pk: int) -> JsonResponse:
     results = []
     for upload in files:
         try:
-            outcome = document_upload(
-                user=request.user, collection=collection, file=upload, source_path=upload.name
-            )
+            outcome = document_upload(user=request.user, collection=collection, file=upload, source_path=upload.name)
         except ValidationError as exc:
             results.append({"source_path": upload.name, "outcome": "refused", "error": " ".join(exc.messages)})
         else:
@@ -145,9 +144,7 @@ def _start(user, parsed: dict) -> Message:
         collections = list(selectors.conversation_collections(user=user, conversation=conversation))
     else:
         collections = [selectors.collection_get(user=user, pk=pk) for pk in parsed["ids"]]
-    message, _ = message_ask(
-        user=user, question=parsed["question"], collections=collections, conversation=conversation
-    )
+    message, _ = message_ask(user=user, question=parsed["question"], collections=collections, conversation=conversation)
     return message
 
 
@@ -170,12 +167,7 @@ async def ask(request: HttpRequest) -> HttpResponse:
         return aclosing(message_answer(message=message, sources=sources, history=history, checked=checked))
 
     if not parsed["stream"]:
-        if claimed:
-            async with answer() as pieces:
-                async for _ in pieces:
-                    pass
-        await sync_to_async(message_quote)(user=user, message=message)
-        await message.arefresh_from_db()
+        await answer_to_the_end(user=user, message=message, sources=sources, history=history, claimed=claimed)
         return JsonResponse(await sync_to_async(_message_json)(user, message))
 
     async def events():
