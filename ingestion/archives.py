@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import posixpath
 import re
+import shutil
+import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 from ingestion.errors import IngestError
+
+# What zipfile raises on a damaged archive besides BadZipFile: offsets pointing outside the
+# file (ValueError, OSError, struct.error), a name not valid in its declared encoding
+# (UnicodeDecodeError, a ValueError), data cut short (EOFError), damaged compressed data
+# (zlib.error), a compression method or feature it does not know (NotImplementedError).
+ZIP_DAMAGE = (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, struct.error, zlib.error)
 
 # Members smaller than this may compress as well as they like: a page of repeated markup
 # honestly compresses 50:1. Above it, a ratio past the limit is a decompression bomb.
@@ -111,10 +121,25 @@ def is_page_archive(file) -> bool:
     try:
         with zipfile.ZipFile(file) as archive:
             return not is_document_package(archive)
-    except zipfile.BadZipFile:
+    except ZIP_DAMAGE:
         return False
     finally:
         file.seek(0)
+
+
+def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, into) -> None:
+    """Copy one member's bytes into an open file; IngestError saying what is wrong when they cannot be read."""
+    try:
+        with archive.open(info) as source:
+            shutil.copyfileobj(source, into, 1 << 20)
+    except RuntimeError as exc:  # zipfile's word for "encrypted, and no password given"
+        raise IngestError("Refused: the file is encrypted inside the archive.") from exc
+    except NotImplementedError as exc:
+        raise IngestError(f"Stored in the archive with a compression method that cannot be read ({exc}).") from exc
+    except ZIP_DAMAGE as exc:
+        raise IngestError(
+            "Damaged inside the archive: its data cannot be unpacked (the archive is corrupted or cut short)."
+        ) from exc
 
 
 @dataclass
@@ -150,6 +175,10 @@ def pages(archive: zipfile.ZipFile, limits: Limits) -> Pages:
         found.listed.add(path)
         if info.flag_bits & 0x1:
             found.refused.append((path, "Refused: the file is encrypted inside the archive."))
+        elif stat.S_ISLNK(info.external_attr >> 16):
+            # kb reads members as bytes and never follows a link; refused all the same, so a page
+            # is never the text of a path, and nothing that unpacks to disk later can be pointed outside.
+            found.refused.append((path, "Refused: the file is a symbolic link."))
         elif info.file_size == 0:
             found.refused.append((path, "The file is empty."))
         elif info.file_size > limits.max_member_bytes:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from celery.exceptions import SoftTimeLimitExceeded
+
+from ingestion.errors import IngestError
+
 # The package's name, not this module's: log lines say "ingestion.readers" as before the split.
 logger = logging.getLogger(__package__)
 
@@ -33,6 +37,24 @@ class Extracted:
     title: str = ""  # "" when the file itself names none
     metadata: dict = field(default_factory=dict)  # e.g. Markdown front matter
     links: list[str] = field(default_factory=list)  # hrefs to other pages, as written
+
+
+def damaged(reason: str, exc: BaseException) -> IngestError:
+    """The IngestError for a file its parsing library failed on: `reason` for the person, `exc` as its cause.
+
+    Damaged input makes the libraries fail in every way (pypdf, python-docx and zipfile raise
+    KeyError, AttributeError, struct.error...), so that is expected, not a bug: the worker logs
+    one warning line naming the cause (ingestion.processing); the traceback only at DEBUG,
+    for whoever suspects a bug in the library or in kb.
+    """
+    if isinstance(exc, SoftTimeLimitExceeded):
+        # Celery's soft time limit lands wherever the worker is, often inside a library's
+        # `except Exception`: it stops the task and is no verdict on the file.
+        raise exc
+    logger.debug("%s (%s: %s)", reason, type(exc).__name__, exc, exc_info=exc)
+    error = IngestError(reason)
+    error.__cause__ = exc
+    return error
 
 
 def normalize_newlines(text: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from ingestion.errors import IngestError
-from ingestion.readers.base import SUPPORTED
+from ingestion.readers.base import SUPPORTED, damaged
 
 Kind = Literal["pdf", "docx", "html", "markdown", "text"]
 
@@ -38,6 +38,16 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"MZ", "a Windows program"),
 )
 
+# A ZIP whose file list cannot be read, by what the name says it is.
+_ZIP_DAMAGED = {
+    ".zip": "The ZIP archive is damaged (its list of files cannot be read), so nothing in it can be unpacked; "
+    "create the archive again and upload it.",
+    ".docx": "The Word document is damaged: it could not be opened as a .docx file (it is a damaged ZIP "
+    "package). Open it in Word (or LibreOffice), save it again as .docx, and upload the copy.",
+    "": "The file looks like a ZIP-based document (a ZIP archive, or a Word or other Office file) but is "
+    "damaged, so it cannot be read.",
+}
+
 
 def sniff(data: bytes, name: str) -> Kind:
     """Decide the format from the content first, the file name second."""
@@ -48,7 +58,7 @@ def sniff(data: bytes, name: str) -> Kind:
     if b"%PDF-" in data[:1024]:
         return "pdf"
     if data.startswith(b"PK\x03\x04"):
-        return _sniff_zip(data)
+        return _sniff_zip(data, suffix)
     if suffix == ".pdf":
         raise IngestError(
             "The file is named .pdf but is not a PDF (it has no PDF header); it may be damaged or mislabelled."
@@ -66,16 +76,16 @@ def sniff(data: bytes, name: str) -> Kind:
     return "text"
 
 
-def _sniff_zip(data: bytes) -> Kind:
-    from ingestion.archives import check_container, limits_from_settings
+def _sniff_zip(data: bytes, suffix: str) -> Kind:
+    from ingestion.archives import ZIP_DAMAGE, check_container, limits_from_settings
 
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = set(archive.namelist())
             # Before python-docx unpacks anything: a DOCX is a ZIP and can be a bomb too.
             check_container(archive, limits_from_settings(), what="The file")
-    except zipfile.BadZipFile as exc:
-        raise IngestError("The file looks like a ZIP-based document but is damaged.") from exc
+    except ZIP_DAMAGE as exc:
+        raise damaged(_ZIP_DAMAGED.get(suffix, _ZIP_DAMAGED[""]), exc) from exc
     if "word/document.xml" in names:
         return "docx"
     if "xl/workbook.xml" in names or "ppt/presentation.xml" in names:

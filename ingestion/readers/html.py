@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ingestion.readers.base import Extracted, _one_line, _Outline, _TextBuilder
+from ingestion.readers.base import Extracted, _one_line, _Outline, _TextBuilder, damaged
 
 _HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 _DROP_ALWAYS = (
@@ -20,6 +20,17 @@ _BLOCKS = {
 
 def read_html(text: str) -> Extracted:
     """The main content of a page, its headings kept as structure."""
+    try:
+        return _read_html(text)
+    except RecursionError as exc:  # the walker below, and parts of BeautifulSoup, recurse into the tree
+        raise damaged(
+            "The HTML page is nested too deeply to read (elements inside elements, about a thousand levels deep); "
+            "it may be damaged or machine-generated.",
+            exc,
+        ) from exc
+
+
+def _read_html(text: str) -> Extracted:
     import warnings
 
     from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning

@@ -6,6 +6,7 @@ import re
 
 from ingestion.readers.base import Extracted, Section, _one_line, _Outline, _stripped_span, logger
 
+_FRONT_MATTER_MAX_CHARS = 100_000  # kept only when its JSON fits 20,000 characters anyway
 # Written by hand rather than with mdit-py-plugins' front_matter: one anchored regex is the
 # whole job, and the plugin is not a dependency. "..." may close YAML front matter too.
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(?P<yaml>.*?\n)?(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
@@ -67,21 +68,44 @@ def read_markdown(text: str) -> Extracted:
 
 
 def _front_matter(source: str) -> dict:
-    """Front matter as JSON-safe metadata ({} when it is not a YAML mapping)."""
+    """Front matter as JSON-safe metadata ({} when it is not a YAML mapping, or not one worth keeping)."""
     import json
 
     import yaml
 
+    if len(source) > _FRONT_MATTER_MAX_CHARS:
+        return {}
     try:
         meta = yaml.safe_load(source)
-    except yaml.YAMLError:
-        logger.info("ignoring unparseable front matter")
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a date such as 2024-13-45
+        logger.info("ignoring unparseable front matter (%s)", type(exc).__name__)
         return {}
-    if not isinstance(meta, dict):
+    if not isinstance(meta, dict) or _too_many_nodes(meta):
         return {}
-    # Dates and other YAML types become strings; keys too (YAML allows any).
-    safe = json.loads(json.dumps({str(k): v for k, v in meta.items()}, default=str))
+    try:
+        # Dates and other YAML types become strings; keys too (YAML allows any).
+        safe = json.loads(json.dumps({str(k): v for k, v in meta.items()}, default=str))
+    except (ValueError, RecursionError) as exc:  # a structure referring to itself, an int of 5,000 digits
+        logger.info("ignoring front matter that is not plain data (%s)", type(exc).__name__)
+        return {}
     return safe if len(json.dumps(safe)) <= 20_000 else {}
+
+
+def _too_many_nodes(value, budget: int = 10_000) -> bool:
+    """True past `budget` values: YAML aliases let a few hundred bytes stand for a billion ("billion laughs")."""
+    stack = [value]
+    seen = 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > budget:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set):
+            stack.extend(item)
+    return False
 
 
 def _front_matter_title(meta: dict) -> str:

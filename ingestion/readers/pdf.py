@@ -7,20 +7,34 @@ import re
 from collections.abc import Iterable
 
 from ingestion.errors import IngestError
-from ingestion.readers.base import Extracted, _one_line, _TextBuilder, logger, normalize_newlines
+from ingestion.readers.base import Extracted, _one_line, _TextBuilder, damaged, logger, normalize_newlines
+
+_PAST_LIMITS = (
+    "The PDF is too complex to read safely: it exceeds a limit of the PDF reader (a stream or table far "
+    "larger than its file suggests, as in damaged or malicious files)."
+)
+
+
+def _damaged_reason(data: bytes) -> str:
+    # A PDF ends with %%EOF (incremental updates append more, each with its own). A body of
+    # objects without one near the end was cut short: in the download, the copy or the upload.
+    if b"%%EOF" not in data[-2048:] and b"endobj" in data:
+        return "The PDF is truncated (its end is missing), so it cannot be read; upload the complete file again."
+    return "The PDF is damaged and cannot be read."
 
 
 def read_pdf(data: bytes) -> Extracted:
     """One section per page (empty pages skipped); headings from the PDF's outline when it has one."""
     from pypdf import PdfReader
-    from pypdf.errors import DependencyError
+    from pypdf.errors import DependencyError, LimitReachedError
 
     try:
         reader = PdfReader(io.BytesIO(data))
         encrypted = reader.is_encrypted
+    except LimitReachedError as exc:
+        raise damaged(_PAST_LIMITS, exc) from exc
     except Exception as exc:  # noqa: BLE001 - pypdf fails on malformed input in many ways (ValueError, KeyError, struct.error...)
-        logger.info("pypdf could not open a PDF", exc_info=True)
-        raise IngestError("The PDF is damaged and cannot be read.") from exc
+        raise damaged(_damaged_reason(data), exc) from exc
     if encrypted:
         try:
             # Many PDFs carry only an owner password (restricting printing or copying);
@@ -28,14 +42,18 @@ def read_pdf(data: bytes) -> Extracted:
             opened = reader.decrypt("")
         except DependencyError as exc:
             raise IngestError("The PDF is encrypted with a method this server cannot open.") from exc
+        except Exception as exc:  # noqa: BLE001 - a damaged encryption dictionary
+            reason = "The PDF is encrypted and its encryption data is damaged, so it cannot be read."
+            raise damaged(reason, exc) from exc
         if not opened:
             raise IngestError("The PDF is encrypted (password-protected); upload a copy without a password.")
 
     try:
         pages = [_clean_pdf_text(page.extract_text() or "") for page in reader.pages]
+    except LimitReachedError as exc:
+        raise damaged(_PAST_LIMITS, exc) from exc
     except Exception as exc:  # noqa: BLE001 - as above: damaged streams fail inside pypdf in many ways
-        logger.info("pypdf could not extract text", exc_info=True)
-        raise IngestError("The PDF is damaged and its text cannot be extracted.") from exc
+        raise damaged("The PDF is damaged: the text of its pages cannot be extracted.", exc) from exc
     if not pages:
         raise IngestError("The PDF has no pages; it may be damaged.")
     if not any(pages):
@@ -80,8 +98,8 @@ def _outline_paths(reader, page_count: int) -> list[tuple[str, ...]]:
 
     try:
         collect(reader.outline, 0)
-    except Exception:  # noqa: BLE001 - a broken outline only costs headings, never the text
-        logger.info("ignoring a broken PDF outline", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - a broken outline only costs headings, never the text
+        logger.info("ignoring a broken PDF outline (%s: %s)", type(exc).__name__, exc)
         entries = []
     entries.sort(key=lambda e: e[0])  # stable: outline order within a page
 
