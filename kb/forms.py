@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 
 from ingestion import archives
 from kb.models import Feedback, Role, Source
@@ -43,9 +44,19 @@ class UploadForm(forms.Form):
 
 class AskForm(forms.Form):
     question = forms.CharField(
-        max_length=2000,
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": "Ask a question about these documents…"}),
     )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["question"].widget.attrs["maxlength"] = settings.KB_MAX_QUESTION_CHARS
+
+    def clean_question(self) -> str:
+        # The limit is a setting (KB_MAX_QUESTION_CHARS), read when asked, not when this module loads.
+        question = self.cleaned_data["question"]
+        if len(question) > settings.KB_MAX_QUESTION_CHARS:
+            raise forms.ValidationError(f"Questions are limited to {settings.KB_MAX_QUESTION_CHARS:,} characters.")
+        return question
 
 
 class FeedbackForm(forms.Form):
@@ -62,7 +73,7 @@ class CollectionSettingsForm(forms.Form):
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     open_to_all = forms.BooleanField(required=False, label="Open to all signed-in users (as viewers)")
     stale_after_days = forms.IntegerField(
-        min_value=1, required=False, label="Flag passages unchanged for more than (days)",
+        min_value=1, max_value=36_500, required=False, label="Flag passages unchanged for more than (days)",
         help_text="Beside an answer, a source page not changed at its source for longer is marked "
         "“may be out of date”. Empty: never.",
     )  # fmt: skip
@@ -120,9 +131,10 @@ class SourceForm(forms.Form):
     exclude = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 2}), required=False, label="Exclude (globs, one a line)"
     )
-    every_minutes = forms.IntegerField(
-        min_value=1, required=False, label="Sync every (minutes)", help_text="Empty: only when asked."
-    )
+    every_minutes = forms.IntegerField(  # at most a year: the column is a 32-bit integer
+        min_value=1, max_value=525_600, required=False, label="Sync every (minutes)",
+        help_text="Empty: only when asked.",
+    )  # fmt: skip
     space = forms.CharField(max_length=255, required=False, label="Space key (Confluence)")
     namespaces = forms.CharField(
         max_length=200, required=False, label="Namespaces (MediaWiki)", help_text="Numbers, e.g. 0, 4; empty: 0."

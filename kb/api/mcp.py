@@ -39,7 +39,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from kb import access, answering, retrieval, selectors
+from kb import access, answering, limits, retrieval, selectors
 from kb.api import answers
 from kb.api.auth import authenticate, unauthorized
 from kb.models import Collection, Message
@@ -231,11 +231,12 @@ def _search(caller: Caller, query: str, ids: list[int] | None, limit: int | None
 
 
 @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+@limits.mcp_tool("search", user_of=lambda ctx: _caller(ctx).user)
 async def search(
     ctx: Context,
     query: Annotated[
         str,
-        Field(min_length=1, max_length=2000, description="What to look for: a question or keywords, in words."),
+        Field(min_length=1, description="What to look for: a question or keywords, in words."),
     ],
     collections: CollectionIds = None,
     limit: Annotated[
@@ -333,9 +334,10 @@ def _answer_json(caller: Caller, message: Message) -> Answer:
 
 
 @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False))
+@limits.mcp_tool("ask", user_of=lambda ctx: _caller(ctx).user)
 async def ask(
     ctx: Context,
-    question: Annotated[str, Field(min_length=1, max_length=2000, description="The question, in words.")],
+    question: Annotated[str, Field(min_length=1, description="The question, in words.")],
     collections: CollectionIds = None,
 ) -> Answer:
     """Ask the knowledge base a question: kb's answer with numbered citations, checked against its sources.

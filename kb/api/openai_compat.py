@@ -39,7 +39,7 @@ from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from kb import answering, selectors, verification
+from kb import answering, limits, selectors, verification
 from kb.api import answers
 from kb.api.auth import authenticate
 from kb.models import Collection, Message
@@ -285,6 +285,7 @@ def _finished(request: HttpRequest, message: Message, history, *, asked_model: b
 
 
 @openai_endpoint("POST")
+@limits.openai_asking
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     user = request.user
     chat = _parse_chat(request)

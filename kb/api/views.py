@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET, require_POST
 
-from kb import access, answering, selectors, verification
+from kb import access, answering, limits, selectors, verification
 from kb.api.answers import answer_to_the_end
 from kb.api.auth import token_required
 from kb.models import Message, Role
@@ -93,6 +93,7 @@ def collections(request: HttpRequest) -> JsonResponse:
 
 @require_POST
 @token_required
+@limits.api_uploading
 def documents_upload(request: HttpRequest, pk: int) -> JsonResponse:
     """Upload one or more files (multipart field `files`); 202 with each file's outcome."""
     collection = selectors.collection_get(user=request.user, pk=pk, minimum=Role.EDITOR)
@@ -149,6 +150,7 @@ def _start(user, parsed: dict) -> Message:
 
 
 @token_required
+@limits.api_asking
 async def ask(request: HttpRequest) -> HttpResponse:
     """POST {"question", "collections": [ids] | "conversation": id, "stream": bool}."""
     if request.method != "POST":

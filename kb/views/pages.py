@@ -16,7 +16,7 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling, push_url, trigger_client_event
 
-from kb import access, selectors
+from kb import access, limits, selectors
 from kb.answering import citation_url
 from kb.forms import AskForm, CollectionForm, DocumentFilterForm, UploadForm
 from kb.models import Role
@@ -140,6 +140,7 @@ def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
+@limits.uploading
 def document_upload(request: HttpRequest, pk: int) -> HttpResponse:
     collection = selectors.collection_get(user=request.user, pk=pk, minimum=Role.EDITOR)
     form = UploadForm(request.POST, request.FILES)
@@ -190,7 +191,7 @@ def document_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "document": document,
             "chunks": selectors.document_chunks(user=request.user, document=document),
-            "hit": int(chunk_id) if chunk_id and chunk_id.isdigit() else None,
+            "hit": int(chunk_id) if chunk_id and chunk_id.isascii() and chunk_id.isdigit() else None,  # not "²"
             "can_edit": access.can_edit(request.user, document.collection),
         },
     )
