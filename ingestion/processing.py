@@ -24,7 +24,14 @@ from django.db import models, transaction
 # (a cancel mid-pass, a count of passes) and the processing here must see the replacement.
 from ingestion import embeddings, pipeline
 from ingestion.errors import TRANSIENT, IngestError
-from ingestion.status import DocumentCancelled, document_fail_unexpectedly, document_mark, group_progress
+from ingestion.status import (
+    DocumentCancelled,
+    document_fail_on_input,
+    document_fail_unexpectedly,
+    document_mark,
+    documents_claim,
+    group_progress,
+)
 from ingestion.store import ModelChanged, collection_reindex_finish, document_replace_chunks, document_stage_chunks
 from kb import vector_indexes
 from kb.models import Chunk, Document
@@ -83,6 +90,7 @@ def documents_process(*, document_ids: list[int], progress=None) -> None:
     that fails on something unexpected fails alone; a transient error is raised for a retry
     (documents already stored are skipped by it).
     """
+    documents_claim(document_ids)
     prepared = []
     for pk in document_ids:
         with _failing_alone([pk]):
@@ -180,8 +188,7 @@ def _document_prepare(*, document_id: int, reindex: bool = False) -> _Prepared |
         if not parsed.chunks:
             raise IngestError("No text could be extracted from this file.")
     except IngestError as exc:
-        document_mark(document_id=document_id, status=Document.Status.FAILED, error=str(exc))
-        logger.info("document %s failed: %s", document_id, exc)
+        document_fail_on_input(document_id=document_id, exc=exc, name=document.source_path)
         return None
     texts = [
         pipeline.embedding_text(title=parsed.title, heading_path=c.heading_path, text=c.text, embedder=embedder)

@@ -9,10 +9,15 @@ task, so a rename cannot go unnoticed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from celery import current_app
 from django.conf import settings
+from django.db import transaction
+from kombu.exceptions import OperationalError
+
+logger = logging.getLogger(__name__)
 
 INGEST_DOCUMENT = "ingestion.tasks.ingest_document"
 INGEST_DOCUMENTS = "ingestion.tasks.ingest_documents"
@@ -30,9 +35,22 @@ def _task(name: str):
 
 
 def _on_commit(name: str, *args) -> None:
-    # DjangoTask.delay_on_commit: the message leaves only once the rows it names are visible
+    # As DjangoTask.delay_on_commit: the message leaves only once the rows it names are visible
     # to the worker, and not at all if the transaction rolls back.
-    _task(name).delay_on_commit(*args)
+    transaction.on_commit(lambda: _send(name, *args))
+
+
+def _send(name: str, *args) -> None:
+    """Send a task, or leave its rows queued for the sweep when the broker is unreachable.
+
+    The rows are committed by now: an upload made while Redis restarts is kept and reported
+    as queued, not answered with an error, and celery beat's sweep sends it again
+    (KB_QUEUED_LOST_SECONDS; a sync's schedule comes round again by itself).
+    """
+    try:
+        _task(name).delay(*args)
+    except OperationalError as exc:  # kombu's: the broker refused or timed out after its retries
+        logger.warning("%s%s not queued, the broker is unreachable (%s); it is sent again later", name, args, exc)
 
 
 def ingest(document_id: int) -> None:

@@ -47,7 +47,8 @@ def ingest_documents(self, document_ids: list[int]) -> None:
     A document that fails on something unexpected is marked failed and the others go on;
     a transient error retries the task, which skips the documents already stored.
     """
-    processing.documents_process(document_ids=document_ids)
+    with status.heartbeat(document_ids):
+        processing.documents_process(document_ids=document_ids)
 
 
 # Runs every KB_STALE_SWEEP_SECONDS under celery beat (CELERY_BEAT_SCHEDULE). Two sweeps
@@ -94,7 +95,8 @@ def purge_deleted() -> dict:
 
 def _process(document_id: int, *, reindex: bool) -> None:
     try:
-        processing.document_process(document_id=document_id, reindex=reindex)
+        with status.heartbeat([document_id]):
+            processing.document_process(document_id=document_id, reindex=reindex)
     except TRANSIENT:
         raise  # Celery retries with backoff
     except Exception as exc:

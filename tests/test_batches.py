@@ -1,6 +1,7 @@
 """Upload batches: progress with time left, polling that stops, cancel, and stale-job recovery."""
 
 import io
+import time
 from datetime import timedelta
 
 import pytest
@@ -9,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ingestion.processing import document_process, documents_process
-from ingestion.status import document_mark, documents_recover_stale
+from ingestion.status import document_mark, documents_recover_stale, heartbeat
 from kb import selectors
 from kb.access import system_user
 from kb.models import Chunk, Document, UploadBatch
@@ -150,18 +151,38 @@ def test_a_stale_processing_document_is_requeued_once_then_failed(settings, djan
 
 def test_a_queued_document_whose_message_was_lost_is_sent_again(settings, django_capture_on_commit_callbacks, queued):
     settings.KB_STALE_SECONDS = 60
+    settings.KB_QUEUED_LOST_SECONDS = 300
     lost = add_document(make_collection(), "a.md", "# A\n\nText.", process=False)
+    waiting = add_document(make_collection(), "w.md", "# W\n\nText.", process=False)
     recent = add_document(make_collection(), "b.md", "# B\n\nText.", process=False)
-    Document.objects.filter(pk=lost.pk).update(updated_at=timezone.now() - timedelta(seconds=120))
+    Document.objects.filter(pk=lost.pk).update(updated_at=timezone.now() - timedelta(seconds=400))
+    # Queued longer than a silent processing document may be, but perhaps just behind a backlog.
+    Document.objects.filter(pk=waiting.pk).update(updated_at=timezone.now() - timedelta(seconds=120))
 
     with django_capture_on_commit_callbacks(execute=True):
         assert documents_recover_stale() == {"requeued": 1, "failed": 0}
-    assert queued == [lost.pk], "only the document queued for longer than KB_STALE_SECONDS is sent again"
+    assert queued == [lost.pk], "only the document queued for longer than KB_QUEUED_LOST_SECONDS is sent again"
     lost.refresh_from_db()
     assert lost.status == Document.Status.QUEUED
     # Sent again just now: not again on the next look.
     assert documents_recover_stale() == {"requeued": 0, "failed": 0}
     assert recent.status == Document.Status.QUEUED
+
+
+@pytest.mark.django_db(transaction=True)  # the heartbeat thread has a connection of its own
+def test_a_running_tasks_heartbeat_keeps_its_silent_document_from_being_taken_for_dead(settings):
+    """Parsing a large file marks no progress; the heartbeat thread speaks for it."""
+    settings.KB_HEARTBEAT_SECONDS = 0.2
+    settings.KB_STALE_SECONDS = 60
+    document = add_document(make_collection(), "a.md", "# A\n\nText.", process=False)
+    long_ago = timezone.now() - timedelta(seconds=120)
+    Document.objects.filter(pk=document.pk).update(status=Document.Status.PROCESSING, updated_at=long_ago)
+    with heartbeat([document.pk]):
+        time.sleep(0.7)  # a silent parse
+        assert documents_recover_stale() == {"requeued": 0, "failed": 0}
+    beaten = Document.objects.get(pk=document.pk).updated_at
+    time.sleep(0.5)
+    assert Document.objects.get(pk=document.pk).updated_at == beaten, "the beat stops with its block"
 
 
 def test_a_document_still_reporting_progress_is_not_stale(settings):

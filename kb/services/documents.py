@@ -6,8 +6,10 @@ file, record the document and queue it, once their transaction commits.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
-import shutil
+import logging
 import tempfile
 import uuid
 import zipfile
@@ -27,6 +29,8 @@ from ingestion.errors import IngestError
 from kb import access
 from kb.audit import audit_record
 from kb.models import BatchSummary, Chunk, Collection, Document, Source, UploadBatch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -136,7 +140,7 @@ def document_upload(
                 return UploadOutcome(twin, "unchanged")
         suffix = PurePosixPath(source_path).suffix.lower()[:16]
         # Generated names: nothing a user typed becomes a path on disk.
-        stored_name = default_storage.save(f"documents/{uuid.uuid4().hex}{suffix}", File(file))
+        stored_name = _file_store(f"documents/{uuid.uuid4().hex}{suffix}", file, source_path)
         try:
             document, outcome = _document_store(
                 user=user, collection=collection, existing=existing, source_path=source_path,
@@ -153,6 +157,31 @@ def document_upload(
         if enqueue:
             queue.ingest(document.pk)
     return UploadOutcome(document, outcome)
+
+
+_STORE_ERRORS = {
+    errno.ENOSPC: "its disk is full",
+    errno.EDQUOT: "its disk quota is used up",
+    errno.EROFS: "its upload folder is read-only",
+    errno.EACCES: "it may not write its upload folder",
+    errno.EPERM: "it may not write its upload folder",
+}
+
+
+def _file_store(name: str, file, source_path: str) -> str:
+    """Save an upload under name; a disk that is full or unwritable refuses it, keeping nothing."""
+    try:
+        return default_storage.save(name, File(file))
+    except OSError as exc:
+        # FileSystemStorage leaves what it wrote of a file it could not finish.
+        with contextlib.suppress(OSError):
+            default_storage.delete(name)
+        logger.error("upload %s not stored in %s: %s", source_path, settings.MEDIA_ROOT, exc)
+        why = _STORE_ERRORS.get(exc.errno, "it could not write the file")
+        raise ValidationError(
+            f"{source_path} was not stored: the server could not save it ({why}). Nothing was kept; "
+            "tell your kb administrator."
+        ) from exc
 
 
 def _document_store(
@@ -368,11 +397,9 @@ def archive_upload(
         for member in found.members:
             with tempfile.SpooledTemporaryFile(max_size=8 << 20) as data:
                 try:
-                    with archive.open(member.info) as source:
-                        shutil.copyfileobj(source, data, 1 << 20)
-                except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
-                    # CRC mismatch, damaged data or an unsupported compression method
-                    summary.refuse(member.path, f"Damaged inside the archive ({exc}).")
+                    archives.copy_member(archive, member.info, data)
+                except IngestError as exc:  # damaged, encrypted or an unsupported compression method
+                    summary.refuse(member.path, str(exc))
                     continue
                 try:
                     outcome = document_upload(
