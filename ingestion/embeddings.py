@@ -315,6 +315,7 @@ def question_backend(location: str) -> str:
     return chosen
 
 
+@functools.cache  # asked at every question and checked sentence; the folder does not change under a process
 def _exportable(location: str) -> bool:
     import importlib.util
 

@@ -26,15 +26,17 @@ import functools
 import json
 import logging
 import time
+import uuid
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from kb import verification
 from kb.models import Message
-from kb.services.conversations import STOP_POLL_SECONDS, message_answer, message_answer_start
+from kb.services.conversations import message_answer, message_answer_start, message_state
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ logger = logging.getLogger(__name__)
 KEEP_SECONDS = 3600
 # How often a reader without news asks the database whether the answer ended elsewhere.
 IDLE_CHECK_SECONDS = 1.0
+# How often an answer nobody may be reading counts its readers.
+READERS_CHECK_SECONDS = 1.0
+# Redis connections of one event loop: one carries what all its answers publish, one what they follow.
+REDIS_CONNECTIONS = 20
 
 # One client per event loop: redis.asyncio connections belong to the loop that opened them.
 _clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -64,8 +70,16 @@ def _client():
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
-        _clients[loop] = client
+        # Its pool waits for a free connection where redis-py's default one (a hundred) refuses:
+        # hundreds of readers joining at once each count themselves in (bench/concurrency.py).
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=10,
+            socket_connect_timeout=1,
+            socket_timeout=5,
+        )
+        client = _clients[loop] = redis.Redis(connection_pool=pool)
     return client
 
 
@@ -73,74 +87,226 @@ def _readers_key(stream_key: str) -> str:
     return f"{stream_key}:readers"
 
 
-class _Publisher:
-    """Appends one answer's pieces to its stream; Redis failing only stops the relaying."""
+def _order(entry: str) -> tuple[int, int]:
+    first, _, second = entry.partition("-")
+    return int(first), int(second or 0)
 
-    def __init__(self, stream_key: str):
-        self.key = stream_key
-        self.ok = bool(stream_key)
 
-    async def publish(self, **fields: str) -> str | None:
-        if not self.ok:
-            return None
+class _Follower:
+    """One reader of one answer in this process: what the shared read brings it, after `after`."""
+
+    def __init__(self, after: str):
+        self.after = after
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def deliver(self, entries: list[tuple[str, dict]]) -> None:
+        batch: list[tuple[str, str | verification.Checked]] = []
+        ended = False
+        for entry, fields in entries:
+            if _order(entry) <= _order(self.after):
+                continue  # another reader of the same answer is further back
+            self.after = entry
+            if b"end" in fields:
+                ended = True
+                break
+            if b"t" in fields:
+                batch.append((entry, fields[b"t"].decode()))
+            elif b"s" in fields:
+                batch.append((entry, verification.Checked.from_json(json.loads(fields[b"s"]))))
+        if batch or ended:
+            self.queue.put_nowait((batch, ended))
+
+
+class _Relay:
+    """One event loop's traffic with Redis, for all its answers: one pipeline carries what they
+    all publish, one blocking read brings what they all follow.
+
+    A round trip per piece and a connection per reader were most of a web process's work with
+    fifty answers at once, and redis-py's pool refuses a hundred connections at once
+    (bench/concurrency.py). Shared, the busier the process, the less relaying costs a piece.
+    """
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, str, dict[str, str]]] = []  # (stream, entry id or "*", fields)
+        self.queued_sent = asyncio.get_running_loop().create_future()  # done once the queued are in Redis
+        self.in_flight: asyncio.Future | None = None  # done once the batch being sent is
+        self.sending: asyncio.Task | None = None
+        self.broken: set[str] = set()  # streams whose relaying stopped
+        self.followers: dict[str, list[_Follower]] = {}
+        self.reading: asyncio.Task | None = None
+        # Written to when a reader joins, so that the read under way starts again with its stream too.
+        self.wake_key, self.woken = f"kb:relay:wake:{uuid.uuid4().hex}", "0"
+
+    def publish(self, stream: str, entry: str, fields: dict[str, str]) -> bool:
+        """Queue an entry for `stream`; False once relaying to it has stopped."""
+        if stream in self.broken:
+            return False
+        self.queued.append((stream, entry, fields))
+        if self.sending is None or self.sending.done():
+            self.sending = asyncio.ensure_future(self._send())
+        return True
+
+    async def sent(self) -> None:
+        """Wait until what is queued now is in Redis (or failed)."""
+        waiting = self.queued_sent if self.queued else self.in_flight
+        if waiting is not None and not waiting.done():
+            await asyncio.shield(waiting)
+
+    async def _send(self) -> None:
+        while self.queued:
+            batch, done = self.queued, self.queued_sent
+            self.queued, self.queued_sent = [], asyncio.get_running_loop().create_future()
+            self.in_flight = done
+            streams = list(dict.fromkeys(stream for stream, _, _ in batch))
+            try:
+                async with _client().pipeline(transaction=False) as pipe:
+                    for stream, entry, fields in batch:
+                        pipe.xadd(stream, fields, id=entry, maxlen=16 if stream == self.wake_key else None)
+                    for stream in streams:
+                        pipe.expire(stream, KEEP_SECONDS, nx=True)
+                    results = await pipe.execute(raise_on_error=False)
+                failed = {stream for (stream, _, _), r in zip(batch, results, strict=False) if isinstance(r, Exception)}
+            except Exception as exc:  # a broken relay must not cost the readers in front of us their answers
+                failed, results = set(streams), [exc]
+            for stream in failed - self.broken:
+                problem = next(r for r in results if isinstance(r, Exception))
+                logger.warning("answer relay %s: Redis failed, relaying stops: %s", stream, problem)
+            self.broken |= failed
+            done.set_result(None)
+
+    def follow(self, stream: str, after: str) -> _Follower:
+        follower = _Follower(after)
+        self.followers.setdefault(stream, []).append(follower)
+        if self.reading is None or self.reading.done() or self.reading.cancelling():
+            self.reading = asyncio.ensure_future(self._read())
+        else:
+            self.publish(self.wake_key, "*", {"w": "1"})
+        return follower
+
+    def unfollow(self, stream: str, follower: _Follower) -> None:
+        followers = self.followers.get(stream, [])
+        if follower in followers:
+            followers.remove(follower)
+        if not followers:
+            self.followers.pop(stream, None)
+        if not self.followers and self.reading is not None:
+            self.reading.cancel()  # nobody left to read for: the event loop may close
+
+    async def _read(self) -> None:
+        client = _client()
         try:
-            async with _client().pipeline(transaction=False) as pipe:
-                entry, _ = await pipe.xadd(self.key, fields).expire(self.key, KEEP_SECONDS, nx=True).execute()
-            return entry.decode()
-        except Exception as exc:  # a broken relay must not cost the reader in front of us the answer
-            logger.warning("answer relay %s: Redis failed, relaying stops: %s", self.key, exc)
-            self.ok = False
-            return None
+            while self.followers:
+                streams = {self.wake_key: self.woken}
+                for stream, followers in self.followers.items():
+                    streams[stream] = min((f.after for f in followers), key=_order)
+                found = await client.xread(streams, count=256, block=int(IDLE_CHECK_SECONDS * 1000))
+                for stream, entries in found or []:
+                    stream = stream.decode()
+                    entries = [(entry.decode(), fields) for entry, fields in entries]
+                    if stream == self.wake_key:
+                        self.woken = entries[-1][0]
+                    for follower in self.followers.get(stream, []):
+                        follower.deliver(entries)
+        except Exception as exc:  # every reader learns it, and says where its answer stands
+            for followers in self.followers.values():
+                for follower in followers:
+                    follower.queue.put_nowait(exc)
+
+
+_relays: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _relay() -> _Relay:
+    loop = asyncio.get_running_loop()
+    relay = _relays.get(loop)
+    if relay is None:
+        relay = _relays[loop] = _Relay()
+    return relay
 
 
 async def produce(
     message: Message, sources: list[dict], history
-) -> AsyncIterator[tuple[str | None, str | verification.Checked]]:
-    """Write a claimed message's answer: (relay entry id, piece or checked sentence), published for other readers."""
-    publisher = _Publisher(message.stream_key)
+) -> AsyncIterator[list[tuple[str | None, str | verification.Checked]]]:
+    """Write a claimed message's answer: [(relay entry id, piece or checked sentence)], one at a time, published.
+
+    A stream has one writer, so its entries are numbered 0-1, 0-2, ... here: a piece's id is
+    known at once, and the piece is queued for Redis, not waited for.
+    """
+    relay, stream, count = _relay(), message.stream_key, 0
+
+    def publish(**fields: str) -> str | None:
+        nonlocal count
+        count += 1
+        entry = f"0-{count}"
+        return entry if stream and relay.publish(stream, entry, fields) else None
+
     try:
         answer = message_answer(message=message, sources=sources, history=history, checked=True)
         async with aclosing(answer) as pieces:
             async for piece in pieces:
                 if isinstance(piece, verification.Checked):
-                    yield await publisher.publish(s=json.dumps(piece.as_json())), piece
+                    yield [(publish(s=json.dumps(piece.as_json())), piece)]
                 else:
-                    yield await publisher.publish(t=piece), piece
+                    yield [(publish(t=piece), piece)]
     finally:
         # Also after a cancellation: readers elsewhere learn that it ended, and how, from the row.
-        await publisher.publish(end="1")
+        publish(end="1")
+        await relay.sent()
 
 
-async def follow(message: Message, *, after: str = "0") -> AsyncIterator[tuple[str, str | verification.Checked]]:
-    """(entry id, piece or checked sentence) of an answer being written anywhere, from the start or after `after`."""
+async def follow(message: Message, *, after: str = "0") -> AsyncIterator[list[tuple[str, str | verification.Checked]]]:
+    """(entry id, piece or checked sentence) of an answer being written anywhere, from the start or after `after`.
+
+    In batches: all that each read found, which a page sends in one write (a reader that fell
+    behind catches up at the cost of one piece).
+    """
     client = _client()
     readers = _readers_key(message.stream_key)
     async with client.pipeline(transaction=True) as pipe:
         # "came": a reader that joins and leaves between two of the writer's looks still counts.
         pipe.incr(readers).expire(readers, KEEP_SECONDS).set(f"{message.stream_key}:came", 1, ex=KEEP_SECONDS)
         await pipe.execute()
+    relay = _relay()
+    follower = relay.follow(message.stream_key, after)
     quiet_since = time.monotonic()
     give_up = settings.KB_LLM_TIMEOUT + 30  # nothing at all for this long: its writer is gone
     try:
         while True:
-            found = await client.xread({message.stream_key: after}, count=256, block=int(IDLE_CHECK_SECONDS * 1000))
-            if not found:
-                row = await Message.objects.filter(pk=message.pk).values_list("status", "stream_key").afirst()
-                ended = row is None or row != (Message.Status.STREAMING, message.stream_key)
-                if ended or time.monotonic() - quiet_since > give_up:
-                    return
+            try:
+                news = await asyncio.wait_for(follower.queue.get(), IDLE_CHECK_SECONDS)
+            except TimeoutError:
+                news = None
+            if news is None:
+                row = await message_state(message.pk)
+                ended = row is None or row[:2] != (Message.Status.STREAMING, message.stream_key)
+                if not ended and time.monotonic() - quiet_since <= give_up:
+                    continue
+                # The shared read can lag behind a busy process: what Redis holds still comes first.
+                start = "-" if follower.after == "0" else f"({follower.after}"
+                follower.deliver([(e.decode(), f) for e, f in await client.xrange(message.stream_key, start)])
+                follower.queue.put_nowait(([], True))
                 continue
+            if isinstance(news, BaseException):
+                raise news
             quiet_since = time.monotonic()
-            for entry, fields in found[0][1]:
-                after = entry.decode()
-                if b"end" in fields:
-                    return
-                if b"t" in fields:
-                    yield after, fields[b"t"].decode()
-                elif b"s" in fields:
-                    yield after, verification.Checked.from_json(json.loads(fields[b"s"]))
+            batch, ended = news
+            if batch:
+                yield batch
+            if ended:
+                return
     finally:
+        relay.unfollow(message.stream_key, follower)
         await client.decr(readers)
+
+
+async def wait_for_end(message: Message) -> None:
+    """Wait until a message's answer is no longer being written, or its writer must be gone; without Redis."""
+    give_up = time.monotonic() + settings.KB_LLM_TIMEOUT + 30
+    while time.monotonic() < give_up:
+        row = await message_state(message.pk)
+        if row is None or row[:2] != (Message.Status.STREAMING, message.stream_key):
+            return
+        await asyncio.sleep(IDLE_CHECK_SECONDS)
 
 
 async def _readers(stream_key: str) -> tuple[int, bool]:
@@ -164,8 +330,14 @@ async def _write_unattended(message: Message, sources: list[dict], history) -> N
         async for _ in pieces:
             if time.monotonic() < next_check:
                 continue
-            next_check = time.monotonic() + STOP_POLL_SECONDS
-            readers, came = await _readers(message.stream_key)
+            next_check = time.monotonic() + READERS_CHECK_SECONDS
+            try:
+                readers, came = await _readers(message.stream_key)
+            except RedisError as exc:
+                # Readers are counted in Redis; without it, write on (the answer ends within the
+                # model's limits) rather than cut short an answer someone may be waiting for.
+                logger.warning("message %s: cannot count its readers, writing on: %s", message.pk, exc)
+                continue
             if readers == 0 and (came or time.monotonic() - started > settings.KB_ANSWER_ATTACH_SECONDS):
                 logger.info("message %s: no reader left, generation stops", message.pk)
                 break  # closing the answer records it as cut short and closes the model stream

@@ -5,6 +5,9 @@ from django.core.asgi import get_asgi_application
 from starlette.routing import Router
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
+# Before the settings load: this process serves requests, so its connections come from a pool
+# (kb.settings, KB_DB_POOL_MAX_SIZE). Workers and commands keep plain connections.
+os.environ["KB_WEB_PROCESS"] = "1"
 django_application = get_asgi_application()
 
 from kb import answer_relay, retrieval  # noqa: E402  (needs the settings configured above)

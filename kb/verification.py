@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -68,9 +71,34 @@ _STOPWORDS = frozenset(
 )
 
 
-def embed(texts: list[str]) -> list[list[float]]:
-    """Vectors from the configured model's question embedder (loaded once per process, as for questions)."""
-    return pipeline.embed_texts(list(texts), embedder=embeddings.get_embedder(None, questions=True))
+# Sentences embedded lately, per embedder, as float32 rows (1.5 KB each at 384 dimensions): a
+# question's passages are embedded when its quoted answer is worked out and again when the
+# model's answer is checked, and people asking at the same time are often given the same
+# passages (bench/concurrency.py).
+RECENT_VECTORS = 10_000
+_recent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_recent_lock = threading.Lock()  # checks run in several threads at once
+
+
+def embed(texts: list[str]) -> np.ndarray:
+    """Vectors (rows) from the configured model's question embedder, those of sentences embedded lately reused."""
+    embedder = embeddings.get_embedder(None, questions=True)
+    with _recent_lock:
+        recent = _recent.setdefault(embedder, OrderedDict())
+        known = {t: recent[t] for t in texts if t in recent}
+        for text in known:
+            recent.move_to_end(text)
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    if missing:
+        fresh = np.asarray(pipeline.embed_texts(missing, embedder=embedder), dtype=np.float32)
+        with _recent_lock:
+            for text, row in zip(missing, fresh, strict=True):
+                recent[text] = known[text] = row
+            while len(recent) > RECENT_VECTORS:
+                recent.popitem(last=False)
+    if not texts:
+        return np.zeros((0, embedder.dim), np.float32)
+    return np.stack([known[t] for t in texts])
 
 
 @dataclass
@@ -343,6 +371,10 @@ def extract(question: str, sources: list[dict], embed, *, most: int = 3, evidenc
     }  # fmt: skip
 
 
+# One unit of an answer for the repetition guard: a sentence or a line.
+_UNIT = re.compile(r"[^\n.!?]*[.!?\n]")
+
+
 class RepetitionGuard:
     """Notices a model looping: the same sentence or code line written `repeats` times.
 
@@ -359,10 +391,16 @@ class RepetitionGuard:
 
     def feed(self, piece: str) -> bool:
         self.text += piece
-        for match in re.finditer(r"[^\n.!?]*[.!?\n]", self.text[self.done_to :]):
-            start = self.done_to + match.start()
+        # A unit ends at a terminator: a piece without one ends none, and the text since the
+        # last one is not searched again. Searched at every piece, a long sentence cost time
+        # quadratic in its length: 46 ms a piece at 400 words (bench/concurrency.py).
+        last = max(map(piece.rfind, ".!?\n"))
+        if last < 0:
+            return False
+        for match in _UNIT.finditer(self.text, self.done_to, len(self.text) - len(piece) + last + 1):
+            start = match.start()
             unit = re.sub(r"\s+", " ", match.group(0)).strip().lower()
-            self.done_to = self.done_to + match.end()
+            self.done_to = match.end()
             if len(unit) < 12 or unit.strip("`~-*#. ") == "":
                 continue
             starts = self.seen.setdefault(unit, [])

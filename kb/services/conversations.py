@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.text import Truncator
 
@@ -33,8 +35,8 @@ def _validate_question(question: str) -> str:
     question = question.strip()
     if not question:
         raise ValidationError("Ask a question first.")
-    if len(question) > 2000:
-        raise ValidationError("Questions are limited to 2,000 characters.")
+    if len(question) > settings.KB_MAX_QUESTION_CHARS:
+        raise ValidationError(f"Questions are limited to {settings.KB_MAX_QUESTION_CHARS:,} characters.")
     return question
 
 
@@ -264,7 +266,71 @@ _STOP = object()
 
 async def _stop_requested(message: Message) -> bool:
     """Whether the reader pressed Stop, or deleted the conversation, since the answer began."""
-    return not await Message.objects.filter(pk=message.pk, stop_requested=False).aexists()
+    state = await message_state(message.pk)
+    return state is None or state[2]
+
+
+def connection_release() -> None:
+    """Hand this thread's database connection back (to the pool, or closed) before a long wait.
+
+    Django gives a request's connection back when its response ends, and an answer's stream
+    lasts as long as the answer: hundreds of readers held hundreds of connections while they
+    waited on the model (bench/concurrency.py). Inside a transaction (a test's) it stays.
+    """
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def _message_rows(ids: list[int]) -> dict[int, tuple[str, str, bool]]:
+    rows = Message.objects.filter(pk__in=ids).values_list("pk", "status", "stream_key", "stop_requested")
+    found = {pk: (status, key, stop) for pk, status, key, stop in rows}
+    connection_release()  # looks come from long streams; the next one may be a request's thread
+    return found
+
+
+# A message leaves the watch this long after the last look-up of its row.
+_WATCH_KEEP_SECONDS = 5.0
+_watches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one per event loop
+
+
+class _Watch:
+    """The rows of the messages this event loop's answers write or follow, read in one query per look."""
+
+    def __init__(self) -> None:
+        self.asked: dict[int, float] = {}  # pk: when its row was last asked for
+        self.rows: dict[int, tuple[str, str, bool]] = {}
+        self.covered: set[int] = set()  # the pks the last look read
+        self.looked_at = -math.inf
+        self.lock = asyncio.Lock()
+
+    async def row(self, pk: int) -> tuple[str, str, bool] | None:
+        self.asked[pk] = time.monotonic()  # before waiting: the look under way may take it along
+        if pk in self.covered and (self.lock.locked() or time.monotonic() - self.looked_at < STOP_POLL_SECONDS):
+            # Read lately, or being read now: an answer must not wait on the database (a busy
+            # pool) between two pieces of the model's.
+            return self.rows.get(pk)
+        async with self.lock:
+            now = self.asked[pk] = time.monotonic()  # a long wait must not have it left out as stale
+            if pk not in self.covered or now - self.looked_at >= STOP_POLL_SECONDS:
+                self.asked = {k: t for k, t in self.asked.items() if now - t < _WATCH_KEEP_SECONDS}
+                ids = list(self.asked)
+                self.rows = await sync_to_async(_message_rows)(ids)
+                self.covered, self.looked_at = set(ids), time.monotonic()
+        return self.rows.get(pk)
+
+
+async def message_state(pk: int) -> tuple[str, str, bool] | None:
+    """(status, stream key, Stop requested) of a message, or None once it is gone; at most STOP_POLL_SECONDS old.
+
+    Each answer used to read its own row four times a second (and each page following one, once
+    an idle second): with hundreds at once, most of a web process's queries and connections
+    (bench/concurrency.py). One look now reads the rows of all this event loop's answers.
+    """
+    loop = asyncio.get_running_loop()
+    watch = _watches.get(loop)
+    if watch is None:
+        watch = _watches[loop] = _Watch()
+    return await watch.row(pk)
 
 
 async def _next_piece(stream: AsyncIterator[str], message: Message):
@@ -323,6 +389,9 @@ async def message_answer(
     check = verification.StreamCheck(sources, verification.embed)
     # Off the event loop: embedding a sentence is CPU work that other streams must not wait for.
     ready = sync_to_async(check.ready, thread_sensitive=False)
+    # The model may take minutes: the connection this thread holds goes back now, not when the
+    # request (or the task) that asked ends (bench/concurrency.py).
+    await sync_to_async(connection_release)()
     try:
         async with aclosing(answering.astream_answer(message.question, sources, history)) as stream:
             while True:

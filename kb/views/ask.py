@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, push_url, reswap, retarget
 from redis.exceptions import RedisError
 
-from kb import answer_relay, answering, selectors, verification
+from kb import answer_relay, answering, limits, selectors, verification
 from kb.forms import AskForm, ConversationRenameForm, ConversationSearchForm, FeedbackForm
 from kb.models import Message
 from kb.services import conversations as conversation_services
@@ -73,6 +73,7 @@ def _ask(request: HttpRequest, *, collections, conversation=None) -> tuple[Messa
 
 @require_POST
 @login_required
+@limits.asking()
 def ask(request: HttpRequest) -> HttpResponse:
     """Start a conversation over the collections the reader picked (all they may read if none)."""
     collections = selectors.collection_list_picked(user=request.user, ids=request.POST.getlist("collections"))
@@ -84,6 +85,7 @@ def ask(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @login_required
+@limits.asking()
 def collection_ask(request: HttpRequest, pk: int) -> HttpResponse:
     """Start a conversation on one collection with its first question."""
     collection = selectors.collection_get(user=request.user, pk=pk)
@@ -134,6 +136,7 @@ def _conversation_page(request: HttpRequest, conversation) -> TemplateResponse:
 
 @require_POST
 @login_required
+@limits.asking()
 def conversation_ask(request: HttpRequest, pk: int) -> HttpResponse:
     """Ask a follow-up question in a conversation."""
     conversation = selectors.conversation_get(user=request.user, pk=pk)
@@ -215,6 +218,7 @@ def message_stop(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
+@limits.asking(target="#message-{pk} .message-error")
 def message_regenerate(request: HttpRequest, pk: int) -> HttpResponse:
     """Answer a question again, from freshly retrieved sources."""
     message = selectors.message_get(user=request.user, pk=pk)
@@ -255,8 +259,13 @@ _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def _stream_start(user, pk: int):
+    """(message, sources, history, claimed, the sources shown): all a stream reads before it waits on the model."""
     message = selectors.message_get(user=user, pk=pk)
-    return message, *message_answer_start(user=user, message=message)
+    sources, history, claimed = message_answer_start(user=user, message=message)
+    # What checked sentences may link to: the sources this reader may read (a follower has none loaded).
+    shown = sources or selectors.message_sources(user=user, message=message)
+    conversation_services.connection_release()
+    return message, sources, history, claimed, shown
 
 
 async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
@@ -274,9 +283,7 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
     user = await request.auser()
     if not user.is_authenticated:
         raise Http404
-    message, sources, history, claimed = await sync_to_async(_stream_start)(user, pk)
-    # What checked sentences may link to: the sources this reader may read (a follower has none loaded).
-    sources_shown = sources or await sync_to_async(selectors.message_sources)(user=user, message=message)
+    message, sources, history, claimed, sources_shown = await sync_to_async(_stream_start)(user, pk)
     last_seen = request.headers.get("Last-Event-ID", "")
     after = last_seen if _ENTRY_ID.fullmatch(last_seen) else "0"
 
@@ -299,17 +306,23 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
             text = ""  # the answer so far, to tell the draft what is left once a sentence is checked
             try:
                 async with aclosing(pieces):
-                    async for entry, piece in pieces:
-                        if isinstance(piece, verification.Checked):
-                            html = answering.render_sentence(piece.sentence, sources_shown)
-                            yield sse_event("sentence", html + " ", entry)
-                            yield sse_event("draft", escape(text[piece.upto :].lstrip()), entry)
-                        else:
-                            text += piece
-                            yield sse_event("token", escape(piece), entry)
+                    async for batch in pieces:
+                        written = []  # one write for all that arrived together
+                        for entry, piece in batch:
+                            if isinstance(piece, verification.Checked):
+                                html = answering.render_sentence(piece.sentence, sources_shown)
+                                written.append(sse_event("sentence", html + " ", entry))
+                                written.append(sse_event("draft", escape(text[piece.upto :].lstrip()), entry))
+                            else:
+                                text += piece
+                                written.append(sse_event("token", escape(piece), entry))
+                        yield "".join(written)
             except RedisError as exc:
-                # Following needs the relay; the final state below still tells where the answer is.
-                logger.warning("message %s: cannot follow its answer: %s", message.pk, exc)
+                # Following needs the relay (Redis restarting, say); its writer goes on without it.
+                # Wait for the answer to end, then the final state below brings all of it.
+                logger.warning("message %s: cannot follow its answer, waiting for its end: %s", message.pk, exc)
+                yield sse_event("state", "Writing… (the live view was interrupted; the answer follows when it is done)")
+                await answer_relay.wait_for_end(message)
         # Also what a reconnect after the end receives.
         yield await done()
 
