@@ -115,7 +115,7 @@ if KB_DB_POOL_MAX_SIZE and not DATABASES["default"]["CONN_MAX_AGE"] and env.bool
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": min(2, KB_DB_POOL_MAX_SIZE),
         "max_size": KB_DB_POOL_MAX_SIZE,
-        "timeout": env.float("KB_DB_POOL_TIMEOUT", default=10.0),
+        "timeout": env.float("KB_DB_POOL_TIMEOUT", default=30.0),
     }
     # Django then has the pool check each connection before lending it: one Postgres closed (a
     # restart) is replaced, so kb recovers from a database restart without being restarted.

@@ -17,7 +17,11 @@ from django.views.decorators.csrf import requires_csrf_token
 from django.views.defaults import server_error as django_server_error
 
 RETRY_AFTER_SECONDS = 30
-DATABASE_DOWN = "kb cannot reach its database right now; nothing was changed. Try again in a minute."
+# A pool timeout reads the same whether Postgres is down or every connection is busy.
+DATABASE_DOWN = (
+    "kb cannot reach its database right now (it is restarting, or kb is too busy); nothing was changed. "
+    "Try again in a minute."
+)
 _JSON_PREFIXES = ("/api/", "/v1/", "/mcp")
 
 
