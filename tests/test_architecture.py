@@ -11,7 +11,7 @@ import grimp
 from tests.helpers import BIN, ROOT
 
 # Wiring that sits outside the layers: settings and process start-up, read by Django and Celery.
-OUTSIDE_THE_LAYERS = {"kb", "kb.settings", "kb.celery", "kb.apps", "kb.embedded_db", "kb.migrations"}
+OUTSIDE_THE_LAYERS = {"kb", "kb.settings", "kb.celery", "kb.apps", "kb.embedded_db", "kb.migrations", "kb.logs"}
 MAX_LINES = 600
 
 
