@@ -419,3 +419,20 @@ def test_in_the_browser_a_refused_question_and_a_refused_upload_are_said_on_the_
                 expect(page.locator("#batches")).to_contain_text("a.md")
         expect(page.locator(".flash")).to_contain_text("You have uploaded 1 time in the last hour; try again in")
     assert list(Document.objects.filter(collection=collection).values_list("source_path", flat=True)) == ["a.md"]
+
+
+def test_raising_the_question_limit_lets_a_longer_question_through_the_form_and_the_service(settings):
+    from kb.forms import AskForm
+    from kb.services.conversations import message_ask
+
+    user = make_user()
+    collection = make_collection(viewer=[user])
+    long_question = "Why is the nightly backup slow? " * 80  # 2,560 characters
+    settings.KB_MAX_QUESTION_CHARS = 3000
+    form = AskForm({"question": long_question})
+    assert form.is_valid(), form.errors
+    assert 'maxlength="3000"' in str(form["question"])
+    message, _ = message_ask(user=user, question=long_question, collections=[collection])
+    assert message.question == long_question.strip()
+    settings.KB_MAX_QUESTION_CHARS = 2000
+    assert not AskForm({"question": long_question}).is_valid()
