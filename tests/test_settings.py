@@ -45,6 +45,7 @@ def test_out_of_range_retrieval_settings_stop_start_up_with_the_variable_named()
         ("KB_RERANK_API", "openai", "KB_RERANK_API='openai': use auto, tei or cohere."),
         ("KB_RECENCY_WEIGHT", "-0.1", "KB_RECENCY_WEIGHT=-0.1: use 0 or more."),
         ("KB_SOURCE_DELAY", "-1", "KB_SOURCE_DELAY=-1.0: use 0 or more."),
+        ("KB_STALE_SECONDS", "60", "KB_STALE_SECONDS=60 must be at least 3 × KB_HEARTBEAT_SECONDS=30"),
     ):
         result = manage("check", env={name: value})
         assert result.returncode != 0 and message in result.stderr, result.stderr
