@@ -73,7 +73,9 @@ def test_readers_leaving_mid_answer_stop_generation_and_leak_no_stream_key_or_co
     with failing_model_server(Behaviour(delay_between=0.05)) as (url, record):
         settings.KB_LLM_URL = url
         llm_port = int(url.rsplit(":", 1)[1])
-        with kb_web_server() as web:
+        # One reader asks 13 times in a row while the answers left behind are still being stopped:
+        # the per-user limits (docs/security.md) are not what this test is about.
+        with kb_web_server({"KB_MAX_STREAMS_PER_USER": "100", "KB_ASK_PER_MINUTE": "100"}) as web:
             process = _web_process(web)
             # One answer to the end first: what a web process holds when idle after answering.
             messages = [_ask_and_leave(web, user, collection, "Warm-up: when does the backup run?")]
@@ -104,5 +106,7 @@ def test_readers_leaving_mid_answer_stop_generation_and_leak_no_stream_key_or_co
     assert all(r in (None, b"0") for r in readers), "no reader counted after they all left"
     assert after["threads"] <= baseline["threads"] + 2
     assert after["fds"] <= baseline["fds"] + 4
-    assert after["redis"] <= max(baseline["redis"], 3)
+    # redis-py keeps a connection it opened for two answers at once in its pool: one more is no leak,
+    # thirteen (one per answer) would be.
+    assert after["redis"] <= baseline["redis"] + 2
     assert after["db"] <= max(baseline["db"], django_settings.KB_DB_POOL_MAX_SIZE)
