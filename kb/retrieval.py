@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.core.exceptions import EmptyResultSet
 from django.db import connections, transaction
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -29,6 +28,7 @@ from pgvector.django import CosineDistance, VectorField
 
 from ingestion.spec import EmbedSpec
 from kb import abstention, rerank
+from kb.keyword import KeywordPlan, keyword_leg, keyword_search  # noqa: F401 (keyword_leg: callers' name)
 from kb.models import Chunk
 
 
@@ -83,6 +83,8 @@ class Result:
     # Whether the reranker ordered the hits (off, failed, or another mode than hybrid: False).
     reranked: bool = False
     evidence: abstention.Evidence = field(default_factory=abstention.Evidence)
+    # Which words brought the keyword leg's candidates, and whether its ranking is exact.
+    keyword_plan: KeywordPlan | None = None
 
 
 def _ms(start: float) -> float:
@@ -166,7 +168,7 @@ def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]
         # pgvector 0.8: keep scanning the index until `limit` rows pass the access
         # filter, instead of returning too few when the readable share is small.
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(40, limit)])
+        cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(settings.KB_HNSW_EF_SEARCH, limit)])
         rows = list(nearest(chunks, vector).values_list("pk", "distance")[:limit])
     if len(rows) < limit:
         # HNSW is approximate: it came back short because its scan gave up (hnsw.max_scan_tuples:
@@ -181,142 +183,6 @@ def dense_leg(chunks, vector: list[float], limit: int) -> list[tuple[int, float]
             rows = list(nearest(chunks, vector).values_list("pk", "distance")[:limit])
     rows.sort(key=lambda r: r[1])  # relaxed order may be slightly out of order
     return [(pk, 1.0 - dist) for pk, dist in rows]
-
-
-# Okapi BM25 in one statement, inside Postgres, scored as Lucene does: IDF is
-# ln(1 + (N - df + 0.5) / (df + 0.5)), never negative, and there is no (k1 + 1) factor, which
-# would change no order. Why not an extension: none of the BM25 extensions (pg_search,
-# VectorChord-bm25, pg_textsearch) ships with the embedded Postgres or the pgvector image.
-# The GIN index finds the candidate chunks; a word's frequency in each is read with
-# ts_rank_cd (below; a heading occurrence, label A, may count more: KB_BM25_HEADING_WEIGHT),
-# its length from the stored search_length. N, the average chunk and section lengths and each
-# word's document frequency come from kb_keywordterm / kb_keywordtotal, which triggers keep
-# in step with the chunks (migration 0011), summed over the collections searched and their
-# live generation: IDF is that of what the user may read and asked to search, nothing else.
-# A chunk's score adds KB_BM25_SECTION_WEIGHT times the BM25 of its whole section, scored
-# as one text with the chunks' IDF (docs/benchmarks.md: on both question sets the keyword
-# leg and hybrid gain from it; sections alone lose on one).
-# Raw SQL because the scoring runs over a set of words and sections the database decides,
-# with tsvector functions the ORM does not wrap; `scope` is the caller's queryset (access,
-# collections, live generation) as SQL.
-_BM25_SQL = """
-WITH scope AS NOT MATERIALIZED ({scope}),
-parts AS MATERIALIZED (
-    SELECT c.id AS collection_id, c.embed_generation AS generation FROM kb_collection c WHERE c.id = ANY(%s)
-),
-query AS MATERIALIZED (
-    SELECT DISTINCT l AS lexeme FROM unnest(tsvector_to_array(to_tsvector(%s::regconfig, %s))) AS l
-),
-totals AS MATERIALIZED (
-    SELECT coalesce(sum(t.chunks), 0)::float8 AS n,
-           coalesce(sum(t.length), 0)::float8 / greatest(coalesce(sum(t.chunks), 0), 1) AS avgdl,
-           coalesce(sum(t.length), 0)::float8 / greatest(coalesce(sum(t.sections), 0), 1) AS avgsl
-    FROM kb_keywordtotal t JOIN parts p ON p.collection_id = t.collection_id AND p.generation = t.generation
-),
-terms AS MATERIALIZED (
-    SELECT t.lexeme, sum(t.df)::float8 AS df
-    FROM kb_keywordterm t JOIN parts p ON p.collection_id = t.collection_id AND p.generation = t.generation
-    WHERE t.lexeme IN (SELECT lexeme FROM query)
-    GROUP BY t.lexeme
-),
-weighted AS MATERIALIZED (
-    SELECT terms.lexeme, ln(1 + (totals.n - terms.df + 0.5) / (terms.df + 0.5)) AS idf,
-           terms.df <= %s * totals.n AS selective
-    FROM terms, totals
-),
--- Candidates: chunks holding a word found in at most KB_KEYWORD_MAX_DF of the chunks (all
--- words when none is that rare). A chunk with only common words scores too little to rank,
--- and leaving them out spares unnesting most of the collection. All words still score.
-matching AS MATERIALIZED (
-    SELECT to_tsquery('simple', string_agg(quote_literal(lexeme), ' | ')) AS q FROM weighted
-    WHERE selective OR NOT EXISTS (SELECT 1 FROM weighted WHERE selective)
-),
-candidates AS MATERIALIZED (
-    SELECT s.pk, s.document_id, s.heading_path, s.search_vector, s.search_length FROM scope s
-    WHERE s.search_vector @@ (SELECT q FROM matching)
-),
-queries AS MATERIALIZED (
-    SELECT lexeme, idf, to_tsquery('simple', quote_literal(lexeme)) AS q FROM weighted
-),
--- A word's frequency in a chunk: ts_rank_cd of a one-word query without normalisation sums
--- the label weights of its occurrences (each is a cover of length 1), read from the GIN-found
--- tsvector without unnesting it. Postgres caps weights at 1, so they come divided by
--- max(1, KB_BM25_HEADING_WEIGHT) (label A: KB_BM25_HEADING_WEIGHT, the others 1) and the
--- sum is multiplied back.
-frequencies AS MATERIALIZED (
-    SELECT c.pk, c.document_id, c.heading_path, c.search_length AS dl, w.lexeme, w.idf,
-           %s * ts_rank_cd(%s::float4[], c.search_vector, w.q, 0) AS tf
-    FROM candidates c JOIN queries w ON c.search_vector @@ w.q
-),
-chunk_scores AS MATERIALIZED (
-    SELECT f.pk, f.document_id, f.heading_path,
-           sum(f.idf * f.tf / (f.tf + %s * (1 - %s + %s * f.dl / totals.avgdl))) AS score
-    FROM frequencies f CROSS JOIN totals
-    GROUP BY f.pk, f.document_id, f.heading_path
-),
--- The best chunks re-scored with their whole section (the document's chunks under the same
--- heading path, among those searched) as one text, with the chunks' IDF, when
--- KB_BM25_SECTION_WEIGHT > 0. Only the best 4 x LIMIT by their own score: scoring the
--- sections of every candidate cost 3-6 times the rest of the leg.
-best AS MATERIALIZED (
-    SELECT * FROM chunk_scores ORDER BY score DESC, pk LIMIT 4 * %s
-),
-sections AS MATERIALIZED (
-    SELECT DISTINCT document_id, heading_path FROM best WHERE %s > 0
-),
-section_chunks AS MATERIALIZED (
-    SELECT s.document_id, s.heading_path, s.search_vector, s.search_length
-    FROM sections JOIN scope s ON s.document_id = sections.document_id AND s.heading_path = sections.heading_path
-),
-section_lengths AS MATERIALIZED (
-    SELECT document_id, heading_path, sum(search_length) AS sl FROM section_chunks GROUP BY document_id, heading_path
-),
-section_frequencies AS MATERIALIZED (
-    SELECT c.document_id, c.heading_path, w.lexeme, max(w.idf) AS idf,
-           sum(%s * ts_rank_cd(%s::float4[], c.search_vector, w.q, 0)) AS tf
-    FROM section_chunks c JOIN queries w ON c.search_vector @@ w.q
-    GROUP BY c.document_id, c.heading_path, w.lexeme
-),
-section_scores AS MATERIALIZED (
-    SELECT f.document_id, f.heading_path,
-           sum(f.idf * f.tf / (f.tf + %s * (1 - %s + %s * l.sl / totals.avgsl))) AS score
-    FROM section_frequencies f
-    JOIN section_lengths l ON l.document_id = f.document_id AND l.heading_path = f.heading_path
-    CROSS JOIN totals
-    GROUP BY f.document_id, f.heading_path
-)
-SELECT c.pk, c.score + %s * coalesce(s.score, 0) AS score
-FROM best c LEFT JOIN section_scores s ON s.document_id = c.document_id AND s.heading_path = c.heading_path
-ORDER BY score DESC, c.pk
-LIMIT %s
-"""
-
-
-def keyword_leg(chunks, text: str, limit: int, *, collection_ids: Iterable[int]) -> list[tuple[int, float]]:
-    """(chunk id, Okapi BM25 score) best first, among `chunks`, with IDF over `collection_ids`.
-
-    `chunks` is the scoped queryset (access, collections, live generation) and
-    `collection_ids` the collections it covers: the caller's readable ones, so that no word
-    count of a collection the user cannot read shapes the ranking.
-    """
-    try:
-        scope, scope_params = (
-            chunks.order_by()
-            .values("pk", "document_id", "heading_path", "search_vector", "search_length")
-            .query.sql_with_params()
-        )
-    except EmptyResultSet:  # e.g. no readable collection: Django knows there is nothing to search
-        return []
-    k1, b = settings.KB_BM25_K1, settings.KB_BM25_B
-    section, heading = settings.KB_BM25_SECTION_WEIGHT, settings.KB_BM25_HEADING_WEIGHT
-    scale = max(1.0, heading)
-    weights = [1 / scale, 1 / scale, 1 / scale, heading / scale]  # labels D, C, B, A
-    params = [*scope_params, list(collection_ids), settings.KB_FTS_CONFIG, text.replace("\\", " "),
-              settings.KB_KEYWORD_MAX_DF, scale, weights, k1, b, b, limit, section, scale, weights, k1, b, b,
-              section, limit]  # fmt: skip
-    with connections[chunks.db].cursor() as cursor:
-        cursor.execute(_BM25_SQL.format(scope=scope), params)
-        return [(pk, float(score)) for pk, score in cursor.fetchall()]
 
 
 def fuse(
@@ -504,14 +370,14 @@ def search(
 
     top_k = top_k or settings.KB_TOP_K
     candidates = max(settings.KB_CANDIDATES, top_k)
-    chunks = selectors.chunks_readable_by(user=user).using(settings.KB_SEARCH_DATABASE)
     if collection_ids is not None:
         collection_ids = list(collection_ids)
-        chunks = chunks.in_collections(collection_ids)
+    chunks = selectors.chunks_readable_by(user=user, collection_ids=collection_ids).using(settings.KB_SEARCH_DATABASE)
     timings = Timings()
     started = time.perf_counter()
     dense: list[tuple[int, float]] = []
     keyword: list[tuple[int, float]] = []
+    keyword_plan = None
     # Each collection is searched with the model that made its vectors: the question is
     # embedded once per model among them (usually one).
     by_model = selectors.collections_by_model(user=user, collection_ids=collection_ids)
@@ -526,13 +392,17 @@ def search(
         # CPU: running both at once saves the shorter of the two (about 20 ms a question).
         # The query stays in this thread, on this thread's connection and transaction.
         t = time.perf_counter()
-        keyword = keyword_leg(chunks, query, candidates, collection_ids=scope_ids)
+        found = keyword_search(chunks, query, candidates, collection_ids=scope_ids)
+        keyword, keyword_plan = found.rows, found.plan
         timings.keyword_ms = _ms(t)
     for spec, embedding in embeddings.items():
         vector, embed_ms = embedding.result()
         timings.embed_ms += embed_ms
         t = time.perf_counter()
-        dense += dense_leg(chunks.in_collections(by_model[spec]), vector, candidates)
+        # With one model `chunks` already is its collections: filtering them again would
+        # mislead the planner (selectors.chunks_readable_by).
+        scoped = chunks if len(by_model) == 1 else chunks.in_collections(by_model[spec])
+        dense += dense_leg(scoped, vector, candidates)
         timings.dense_ms += _ms(t)
     if len(embeddings) > 1:
         # Two models' cosines are not on one scale, but both say how close a passage is to
@@ -580,4 +450,4 @@ def search(
     relevant = bool(hits) and abstention.judge(evidence)
     timings.wall_ms = _ms(started)
     return Result(hits=hits, timings=timings, best_similarity=best, relevant=relevant, reranked=reranked,
-                  evidence=evidence)
+                  evidence=evidence, keyword_plan=keyword_plan)  # fmt: skip

@@ -269,6 +269,10 @@ KB_KEYWORD_WEIGHT = env.float("KB_KEYWORD_WEIGHT", default=0.9)
 KB_RECENCY_WEIGHT = env.float("KB_RECENCY_WEIGHT", default=0.005)
 KB_RECENCY_HALF_LIFE_DAYS = env.float("KB_RECENCY_HALF_LIFE_DAYS", default=365.0)
 KB_CANDIDATES = env.int("KB_CANDIDATES", default=40)
+# How many graph neighbours pgvector's HNSW search keeps (hnsw.ef_search; at least
+# KB_CANDIDATES): more finds more of the true nearest chunks in a large collection for a few
+# milliseconds (docs/benchmarks.md, "Retrieval at a million chunks").
+KB_HNSW_EF_SEARCH = env.int("KB_HNSW_EF_SEARCH", default=40)
 # Ranks of each leg that take part in the fusion (0: as many as passages asked for); the
 # other candidates follow, in fused order, for when merging leaves room.
 KB_FUSION_DEPTH = env.int("KB_FUSION_DEPTH", default=0)
@@ -282,9 +286,10 @@ KB_BM25_HEADING_WEIGHT = env.float("KB_BM25_HEADING_WEIGHT", default=1.0)
 # under the same heading path, scored as one text): a passage in a section about the words
 # outranks one that only mentions them (0: chunks alone).
 KB_BM25_SECTION_WEIGHT = env.float("KB_BM25_SECTION_WEIGHT", default=1.0)
-# Chunks holding only query words found in more than this share of the searched chunks are not
-# keyword candidates (the words still score in the others).
-KB_KEYWORD_MAX_DF = env.float("KB_KEYWORD_MAX_DF", default=0.5)
+# The most chunks the keyword leg reads for a question (0: no bound). Its candidates are the
+# chunks holding the question's rarest words, as many words as fit; the commoner words still
+# score in them (kb/keyword.py, docs/benchmarks.md "Retrieval at a million chunks").
+KB_KEYWORD_CANDIDATES = env.int("KB_KEYWORD_CANDIDATES", default=2000)
 # Threads the local embedding model uses for a question (0: torch's default, all cores).
 KB_QUERY_EMBED_THREADS = env.int("KB_QUERY_EMBED_THREADS", default=1)
 # When kb answers that it found nothing relevant and calls no model (kb.abstention.judge;
@@ -316,6 +321,8 @@ for _name, _value, _ok, _allowed in (
     ("KB_BM25_B", KB_BM25_B, 0 <= KB_BM25_B <= 1, "between 0 and 1"),
     ("KB_BM25_HEADING_WEIGHT", KB_BM25_HEADING_WEIGHT, KB_BM25_HEADING_WEIGHT >= 0, "0 or more"),
     ("KB_BM25_SECTION_WEIGHT", KB_BM25_SECTION_WEIGHT, KB_BM25_SECTION_WEIGHT >= 0, "0 or more"),
+    ("KB_HNSW_EF_SEARCH", KB_HNSW_EF_SEARCH, 1 <= KB_HNSW_EF_SEARCH <= 1000, "between 1 and 1000"),
+    ("KB_KEYWORD_CANDIDATES", KB_KEYWORD_CANDIDATES, KB_KEYWORD_CANDIDATES >= 0, "0 (no bound) or more"),
     ("KB_RERANK_API", KB_RERANK_API, KB_RERANK_API in ("auto", "tei", "cohere"), "auto, tei or cohere"),
     ("KB_RERANK_CANDIDATES", KB_RERANK_CANDIDATES, KB_RERANK_CANDIDATES >= 1, "1 or more"),
     ("KB_RERANK_TIMEOUT", KB_RERANK_TIMEOUT, KB_RERANK_TIMEOUT > 0, "more than 0"),

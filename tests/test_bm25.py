@@ -84,7 +84,7 @@ def corpus(collection: Collection) -> None:
 
 @pytest.mark.parametrize(("k1", "b"), [(1.2, 0.75), (2.0, 0.3), (0.9, 1.0)])
 def test_bm25_scores_equal_the_reference_implementation(settings, k1, b):
-    settings.KB_BM25_K1, settings.KB_BM25_B, settings.KB_KEYWORD_MAX_DF = k1, b, 1.0
+    settings.KB_BM25_K1, settings.KB_BM25_B, settings.KB_KEYWORD_CANDIDATES = k1, b, 0
     settings.KB_BM25_SECTION_WEIGHT = 0.0
     collection = make_collection()
     corpus(collection)
@@ -101,8 +101,8 @@ def test_bm25_scores_equal_the_reference_implementation(settings, k1, b):
 
 
 def test_common_words_still_score_but_bring_no_candidates_of_their_own(settings):
-    """KB_KEYWORD_MAX_DF only trims the candidates: scores are the reference's all the same."""
-    settings.KB_KEYWORD_MAX_DF, settings.KB_BM25_SECTION_WEIGHT = 0.5, 0.0
+    """A budget of one chunk leaves 'log' out of the candidates: scores are the reference's all the same."""
+    settings.KB_KEYWORD_CANDIDATES, settings.KB_BM25_SECTION_WEIGHT = 1, 0.0
     collection = make_collection()
     corpus(collection)
     tokens = stored_tokens(collection)
@@ -164,7 +164,7 @@ def section_reference(collection: Collection, question: str, k1: float, b: float
 
 
 def test_section_scores_add_the_whole_section_s_bm25_as_the_reference_computes_it(settings):
-    settings.KB_KEYWORD_MAX_DF, settings.KB_BM25_SECTION_WEIGHT = 1.0, 1.0
+    settings.KB_KEYWORD_CANDIDATES, settings.KB_BM25_SECTION_WEIGHT = 0, 1.0
     collection = make_collection()
     add_document(collection, "logs.md", LONG_SECTION)
     add_document(collection, "notes.md", PASSING)
@@ -179,7 +179,7 @@ def test_section_scores_add_the_whole_section_s_bm25_as_the_reference_computes_i
 
 
 def test_a_passage_in_a_section_about_the_words_outranks_a_passing_mention(settings):
-    settings.KB_KEYWORD_MAX_DF = 1.0
+    settings.KB_KEYWORD_CANDIDATES = 0
     collection = make_collection()
     add_document(collection, "logs.md", LONG_SECTION)
     add_document(collection, "notes.md", PASSING)
@@ -272,7 +272,7 @@ def test_an_update_of_a_chunk_moves_its_counts():
 
 
 def test_staged_chunks_of_a_reindex_do_not_change_the_live_scores(settings, monkeypatch):
-    settings.KB_KEYWORD_MAX_DF = 1.0
+    settings.KB_KEYWORD_CANDIDATES = 0
     owner = make_user(is_staff=True)
     collection = make_collection(owner=owner)
     corpus(collection)
@@ -292,7 +292,7 @@ def test_staged_chunks_of_a_reindex_do_not_change_the_live_scores(settings, monk
 
 def test_idf_counts_only_the_collections_the_user_may_read(settings):
     """Another team's collection full of a word must not change how a reader's passages rank."""
-    settings.KB_KEYWORD_MAX_DF = 1.0
+    settings.KB_KEYWORD_CANDIDATES = 0
     reader = make_user()
     readable = make_collection(viewer=[reader])
     corpus(readable)

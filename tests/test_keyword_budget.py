@@ -1,0 +1,149 @@
+"""The keyword leg reads a bounded number of chunks: candidates come from the question's rarest
+words (KB_KEYWORD_CANDIDATES), common words only score, and MaxScore's bound says when the
+result is exactly the unbounded BM25's (kb/keyword.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kb import keyword, retrieval
+from kb.keyword import Term, plan
+from kb.models import Chunk
+from tests.factories import add_document, make_collection, make_user
+
+
+def terms(n: float, **dfs: float) -> list[Term]:
+    return [Term(word, df, keyword.idf(n, df)) for word, df in dfs.items()]
+
+
+def test_the_plan_takes_the_rarest_words_that_fit_the_budget():
+    found = plan(terms(10_000, common=3_000, rare=5, mid=400, uncommon=50), 500, 10_000)
+    assert (found.mode, found.essential, found.expected) == ("any", ["rare", "uncommon", "mid"], 455)
+    # What a chunk without them can score: the left-out word's IDF.
+    assert found.left_out_bound == pytest.approx(keyword.idf(10_000, 3_000))
+    assert plan(terms(10_000, common=3_000, rare=5), 0, 10_000).essential == ["rare", "common"]  # 0: no bound
+    assert plan([], 500, 0).essential == []
+
+
+def test_when_no_word_fits_the_chunks_holding_the_rarest_together_stand_in():
+    # 10,000 x 0.2 x 0.3 = 600 > 500, x 0.6 = 360: three words.
+    found = plan(terms(10_000, a=2_000, b=3_000, c=6_000, d=9_000), 500, 10_000)
+    assert (found.mode, found.essential, found.expected) == ("all", ["a", "b", "c"], 360)
+    # Two are enough when they are rare enough together; never fewer than two.
+    assert plan(terms(10_000, a=1_000, b=2_000, c=6_000), 500, 10_000).essential == ["a", "b"]
+    found = plan(terms(10_000, a=8_000, b=9_000), 500, 10_000)
+    assert (found.essential, found.expected) == (["a", "b"], 500)  # estimate 7,200: the cap binds
+
+
+pytestmark_db = pytest.mark.django_db
+
+
+def _corpus(collection, *, zebras: int = 10, others: int = 20) -> None:
+    # Every page says "station"; a few say "zebra", twice or once, at different lengths.
+    for i in range(zebras):
+        extra = " The zebra grazes." * (1 + i % 2)
+        add_document(collection, f"z{i}.md", f"# Page {i}\n\nThe station log of day {i}.{extra}" + " Quiet." * i)
+    for i in range(others):
+        add_document(collection, f"s{i}.md", f"# Note {i}\n\nThe station was inspected on day {i}." + " Calm." * i)
+
+
+def _search(collection, question: str, limit: int) -> keyword.KeywordResult:
+    chunks = Chunk.objects.in_collections([collection.pk]).live()
+    return keyword.keyword_search(chunks, question, limit, collection_ids=[collection.pk])
+
+
+@pytestmark_db
+def test_a_common_word_brings_no_candidates_and_the_bound_proves_the_ranking_exact(settings):
+    collection = make_collection()
+    _corpus(collection)
+    settings.KB_KEYWORD_CANDIDATES = 0
+    unbounded = _search(collection, "zebra station", 2)
+    assert unbounded.plan.candidates == 30 and unbounded.plan.exact  # every page holds "station"
+    settings.KB_KEYWORD_CANDIDATES = 12
+    bounded = _search(collection, "zebra station", 2)
+    # Only the ten zebra pages were read; "station" still scored in them ...
+    assert bounded.plan.essential == ["zebra"] and bounded.plan.candidates == 10
+    zebra_pages = set(Chunk.objects.filter(document__source_path__startswith="z").values_list("pk", flat=True))
+    assert {pk for pk, _ in bounded.rows} <= zebra_pages
+    # ... and the best 4 x 2 of them outscore anything a page without "zebra" could reach, so
+    # the ranking and the scores are exactly the unbounded leg's.
+    assert bounded.plan.exact is True
+    assert bounded.rows == [(pk, pytest.approx(score)) for pk, score in unbounded.rows]
+
+
+@pytestmark_db
+def test_the_bound_says_so_when_the_ranking_may_differ(settings):
+    collection = make_collection()
+    _corpus(collection)
+    settings.KB_KEYWORD_CANDIDATES = 12
+    # A pool of 4 x 5 = 20 cannot be filled from 10 zebra pages: pages with only "station"
+    # belong in it, and the plan does not claim otherwise.
+    found = _search(collection, "zebra station", 5)
+    assert found.plan.exact is False and found.plan.candidates == 10
+
+
+@pytestmark_db
+def test_a_question_of_common_words_reads_at_most_the_budget_of_chunks_holding_them_all(settings):
+    collection = make_collection()
+    _corpus(collection)
+    settings.KB_KEYWORD_CANDIDATES = 4
+    found = _search(collection, "station day", 10)  # both words in all 30 pages
+    assert found.plan.mode == "all" and found.plan.candidates == 4 and found.plan.exact is False
+    assert len(found.rows) == 4 and all(score > 0 for _, score in found.rows)
+    settings.KB_KEYWORD_CANDIDATES = 0
+    assert _search(collection, "station day", 10).plan.candidates == 30
+
+
+@pytestmark_db
+def test_search_reports_the_keyword_plan(settings):
+    settings.KB_KEYWORD_CANDIDATES = 12
+    reader = make_user()
+    collection = make_collection(viewer=[reader])
+    _corpus(collection, zebras=3, others=12)
+    result = retrieval.search(user=reader, query="zebra station", mode="keyword", top_k=3)
+    assert result.keyword_plan.essential == ["zebra"] and result.keyword_plan.candidates == 3
+    assert result.hits and all(h.chunk.document.source_path.startswith("z") for h in result.hits)
+    # IDF over what was searched: 15 chunks, "station" in all of them.
+    station = next(t for t in result.keyword_plan.terms if t.lexeme == "station")
+    assert station.idf == pytest.approx(math.log(1 + 0.5 / 15.5))
+
+
+def _dense_statements(user, **kwargs) -> list[str]:
+    from django.db import connection
+
+    seen: list[str] = []
+
+    def wrapper(execute, sql, params, many, context):
+        if "<=>" in sql:
+            seen.append(connection.ops.compose_sql(sql, params))
+        return execute(sql, params, many, context)
+
+    from kb import access
+
+    with access.request_cache(), connection.execute_wrapper(wrapper):
+        retrieval.search(user=user, query="zebra station", **kwargs)
+    return seen
+
+
+@pytestmark_db
+@pytest.mark.parametrize("picked", [False, True])
+def test_the_dense_statement_filters_the_collections_once(picked):
+    """One model, a reader of some collections: the vector search names them in one filter.
+
+    Filtered twice with the same list, Postgres multiplied the selectivities, expected a
+    hundredth of the rows and scanned them exactly instead of through HNSW (810 ms at 1 M).
+    """
+    reader = make_user()
+    mine, other = make_collection(viewer=[reader]), make_collection(viewer=[reader])
+    hidden = make_collection()
+    for collection in (mine, other, hidden):
+        _corpus(collection, zebras=2, others=2)
+    statements = _dense_statements(reader, collection_ids=[mine.pk, hidden.pk] if picked else None)
+    assert statements
+    for sql in statements:
+        assert sql.count('"kb_chunk"."collection_id" IN') == 1, sql
+        listed = sql.split('"kb_chunk"."collection_id" IN (')[1].split(")")[0]
+        assert str(hidden.pk) not in listed.split(", ")
+        assert (str(other.pk) in listed.split(", ")) is not picked
