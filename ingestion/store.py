@@ -11,6 +11,9 @@ import logging
 
 from django.db import connection, models, transaction
 from django.db.models.functions import Coalesce
+from pgvector import Vector
+from pgvector.psycopg.vector import register_vector_info
+from psycopg.types import TypeInfo
 
 from ingestion import queue
 from kb.audit import audit_record
@@ -37,22 +40,37 @@ def _collection_generations(collection_id: int) -> tuple[int, int | None] | None
         return cursor.fetchone()
 
 
-def _chunk_rows(document: Document, generation: int, chunks, vectors) -> list[Chunk]:
-    return [
-        Chunk(
-            document=document,
-            collection_id=document.collection_id,
-            generation=generation,
-            ordinal=i,
-            text=c.text,
-            heading_path=c.heading_path[:1000],
-            page=c.page,
-            start_char=c.start_char,
-            end_char=c.end_char,
-            embedding=vector,
-        )
+# Every column a chunk is written with; id and the generated ones (embedding_dim, search_vector,
+# search_length) are Postgres's own.
+_COPY_COLUMNS = {
+    "document_id": "int8", "collection_id": "int8", "generation": "int8", "ordinal": "int4", "text": "text",
+    "heading_path": "text", "page": "int4", "start_char": "int4", "end_char": "int4", "embedding": "vector",
+}  # fmt: skip
+
+
+def _copy_chunks(document: Document, generation: int, chunks, vectors) -> None:
+    """Write a document's chunks with one binary COPY, inside the caller's transaction.
+
+    COPY sends the rows and their vectors as binary, where bulk_create renders every vector
+    as text inside a multi-row INSERT for Postgres to parse. It fires the same statement-level
+    INSERT triggers (migration 0011's BM25 statistics, with the whole COPY as the transition table).
+    """
+    rows = [
+        (document.pk, document.collection_id, generation, i, c.text, c.heading_path[:1000], c.page, c.start_char,
+         c.end_char, Vector(vector))
         for i, (c, vector) in enumerate(zip(chunks, vectors, strict=True))
-    ]
+    ]  # fmt: skip
+    if not rows:
+        return
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        # On this cursor only: the connection's other queries keep reading vectors as Django expects.
+        register_vector_info(raw, TypeInfo.fetch(raw.connection, "vector"))
+        table = Chunk._meta.db_table
+        with raw.copy(f"COPY {table} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(list(_COPY_COLUMNS.values()))
+            for row in rows:
+                copy.write_row(row)
 
 
 def _locked(document_id: int) -> tuple[tuple[int, int | None] | None, Document | None]:
@@ -92,7 +110,7 @@ def document_replace_chunks(
         raise ModelChanged
     # Every generation goes: a running re-index's staged chunks are of the previous version.
     Chunk.objects.filter(document=document).delete()
-    Chunk.objects.bulk_create(_chunk_rows(document, current, chunks, vectors), batch_size=500)
+    _copy_chunks(document, current, chunks, vectors)
     fields = {"chunk_count": len(chunks)}
     if title:
         fields["title"] = title[:500]
@@ -111,7 +129,7 @@ def document_stage_chunks(*, document_id: int, content_hash: str, generation: in
     if locked is None or locked[1] != generation or document is None or document.content_hash != content_hash:
         return False  # the re-index finished or was replaced, or the document changed or went
     Chunk.objects.filter(document=document, generation=generation).delete()
-    Chunk.objects.bulk_create(_chunk_rows(document, generation, chunks, vectors), batch_size=500)
+    _copy_chunks(document, generation, chunks, vectors)
     _mark_ready(document, len(chunks))
     return True
 
