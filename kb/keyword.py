@@ -69,12 +69,12 @@ weighted AS MATERIALIZED (
     SELECT w.lexeme, w.idf, to_tsquery('simple', quote_literal(w.lexeme)) AS q
     FROM unnest(%s::text[], %s::float8[]) AS w(lexeme, idf)
 ),
-matching AS MATERIALIZED (
-    SELECT to_tsquery('simple', string_agg(quote_literal(l), %s)) AS q FROM unnest(%s::text[]) AS l
-),
+-- The candidates' query is a constant of the statement (not a subquery's result), so the
+-- planner knows how few chunks it matches and does not also build a bitmap of every
+-- readable chunk from the collection index to intersect with it (32 ms at 1 M chunks).
 candidates AS MATERIALIZED (
     SELECT s.pk, s.document_id, s.heading_path, s.search_vector, s.search_length FROM scope s
-    WHERE s.search_vector @@ (SELECT q FROM matching)
+    WHERE s.search_vector @@ %s::tsquery
     LIMIT %s
 ),
 -- A word's frequency in a chunk: ts_rank_cd of a one-word query without normalisation sums
@@ -203,6 +203,11 @@ def plan(terms: list[Term], budget: int, n: float) -> KeywordPlan:
     return out
 
 
+def _quoted(lexeme: str) -> str:
+    """A lexeme as a tsquery operand: in single quotes, a quote doubled and a backslash escaped."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def keyword_search(chunks, text: str, limit: int, *, collection_ids: Iterable[int]) -> KeywordResult:
     """(chunk id, BM25 score) best first among `chunks`, with IDF over `collection_ids`, and the plan."""
     try:
@@ -227,7 +232,7 @@ def keyword_search(chunks, text: str, limit: int, *, collection_ids: Iterable[in
         weights = [1 / scale, 1 / scale, 1 / scale, heading / scale]  # labels D, C, B, A
         cap = the_plan.budget if the_plan.mode == "all" and the_plan.budget else None
         params = [*scope_params, [t.lexeme for t in terms], [t.idf for t in terms],
-                  " | " if the_plan.mode == "any" else " & ", the_plan.essential, cap,
+                  (" | " if the_plan.mode == "any" else " & ").join(map(_quoted, the_plan.essential)), cap,
                   scale, weights, k1, b, b, avgdl or 1.0, limit, section, scale, weights, k1, b, b, avgsl or 1.0,
                   section, limit]  # fmt: skip
         cursor.execute(_BM25_SQL.format(scope=scope), params)

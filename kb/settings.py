@@ -289,7 +289,7 @@ KB_BM25_SECTION_WEIGHT = env.float("KB_BM25_SECTION_WEIGHT", default=1.0)
 # The most chunks the keyword leg reads for a question (0: no bound). Its candidates are the
 # chunks holding the question's rarest words, as many words as fit; the commoner words still
 # score in them (kb/keyword.py, docs/benchmarks.md "Retrieval at a million chunks").
-KB_KEYWORD_CANDIDATES = env.int("KB_KEYWORD_CANDIDATES", default=2000)
+KB_KEYWORD_CANDIDATES = env.int("KB_KEYWORD_CANDIDATES", default=1000)
 # Threads the local embedding model uses for a question (0: torch's default, all cores).
 KB_QUERY_EMBED_THREADS = env.int("KB_QUERY_EMBED_THREADS", default=1)
 # When kb answers that it found nothing relevant and calls no model (kb.abstention.judge;

@@ -147,3 +147,34 @@ def test_the_dense_statement_filters_the_collections_once(picked):
         listed = sql.split('"kb_chunk"."collection_id" IN (')[1].split(")")[0]
         assert str(hidden.pk) not in listed.split(", ")
         assert (str(other.pk) in listed.split(", ")) is not picked
+
+
+WEIRD = r"O'Reilly's C:\temp\dir x:* !&| <-> 'quoted' back\\slash naïve ü-ber 10.5% a''b"
+
+
+@pytestmark_db
+def test_every_lexeme_postgres_makes_is_quoted_into_a_tsquery_that_matches_it():
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tsvector_to_array(to_tsvector('english', %s) || to_tsvector('simple', %s))",
+                       [WEIRD, WEIRD])  # fmt: skip
+        # Postgres's parser splits at quotes and backslashes; a lexeme holding them (another
+        # parser, array_to_tsvector) must still be quoted right.
+        lexemes = cursor.fetchone()[0] + ["it's", "back\\slash", "x:*", "a|b&c", "<->", "''", "\\'"]
+        for lexeme in lexemes:
+            cursor.execute("SELECT array_to_tsvector(ARRAY[%s]) @@ %s::tsquery, %s::tsquery::text",
+                           [lexeme, keyword._quoted(lexeme), keyword._quoted(lexeme)])  # fmt: skip
+            matched, text = cursor.fetchone()
+            assert matched, (lexeme, text)
+
+
+@pytestmark_db
+def test_a_question_of_odd_characters_finds_its_page(settings):
+    settings.KB_KEYWORD_CANDIDATES = 1  # every plan through the quoted query
+    collection = make_collection()
+    add_document(collection, "odd.md", f"# Odd\n\n{WEIRD}")
+    add_document(collection, "plain.md", "# Plain\n\nNothing odd here at all.")
+    for question in ["O'Reilly's", r"C:\temp\dir", "x:* !&| <->", "a''b naïve"]:
+        found = _search(collection, question, 5)
+        assert [Chunk.objects.get(pk=pk).document.source_path for pk, _ in found.rows] == ["odd.md"], question
