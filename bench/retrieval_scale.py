@@ -42,7 +42,7 @@ BENCH_VAR = ROOT / "var" / "bench-scale"
 DOCS = Path("/usr/share/doc/python3.11/html")
 DIM = 384
 COPY_BATCH = 20_000
-SERVER_SETTINGS = {"shared_buffers": "3GB", "effective_cache_size": "12GB", "maintenance_work_mem": "4GB",
+SERVER_SETTINGS = {"shared_buffers": "8GB", "effective_cache_size": "12GB", "maintenance_work_mem": "4GB",
                    "max_parallel_maintenance_workers": "1", "max_wal_size": "8GB"}  # fmt: skip
 
 
@@ -55,6 +55,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--halfvec", action="store_true", help="also build and measure a halfvec HNSW index")
     parser.add_argument("--sweep", action="store_true", help="recall and latency at other hnsw.ef_search values")
     parser.add_argument("--questions", type=int, default=0, help="use only the first N questions (0: all)")
+    parser.add_argument("--hnsw", metavar="M,EF_CONSTRUCTION", help="rebuild kb's HNSW index with these first")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
 
@@ -97,6 +98,7 @@ import django  # noqa: E402
 django.setup()
 
 import numpy as np  # noqa: E402
+from django.conf import settings as django_settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
@@ -214,6 +216,10 @@ def state_file() -> Path:
     return BENCH_VAR / f"state-{ARGS.chunks}.json"
 
 
+def truths_file() -> Path:
+    return BENCH_VAR / f"truths-{ARGS.chunks}.json"
+
+
 def loaded() -> dict | None:
     if not state_file().exists():
         return None
@@ -290,6 +296,7 @@ def load(data: dict, mode: str) -> dict:
                         "share": sum(sizes[i] for i in chosen) / sum(sizes)}  # fmt: skip
     state = {"figures": figures, "users": users, "sizes": sizes}
     state_file().write_text(json.dumps(state))
+    truths_file().unlink(missing_ok=True)
     return state
 
 
@@ -438,16 +445,20 @@ def measure(state: dict, data: dict) -> dict:
     User = get_user_model()
     results: dict = {}
     counter = Fallbacks()
+    # The exact nearest chunks depend only on the data: kept from run to run (a sequential scan
+    # of 1 M vectors takes seconds a question), dropped when the data is loaded again.
+    known = json.loads(truths_file().read_text()) if truths_file().exists() else {}
     for label, info in state["users"].items():
         user = User.objects.get(pk=info["user"])
         with access.request_cache():
             chunks = selectors.chunks_readable_by(user=user)
             retrieval.search(user=user, query=questions[0])  # warm-up
-            dense, keyword, fused, recalls, dense_only, truths = [], [], [], [], [], []
+            dense, keyword, fused, recalls, dense_only, truths, plans = [], [], [], [], [], [], []
             with connection.execute_wrapper(counter):
                 counter.count = 0
                 for q in questions:
                     r = retrieval.search(user=user, query=q)
+                    plans.append(r.keyword_plan)
                     dense.append(r.timings.dense_ms)
                     keyword.append(r.timings.keyword_ms)
                     fused.append(r.timings.wall_ms)
@@ -457,7 +468,9 @@ def measure(state: dict, data: dict) -> dict:
                     found = [pk for pk, _ in retrieval.dense_leg(chunks, list(map(float, v)), settings_candidates())]
                     dense_only.append((time.perf_counter() - t) * 1000)
                     dense_fallbacks = counter.count
-                    truth = exact(chunks, v)
+                    key = f"{label}:{hashlib.sha256(v.tobytes()).hexdigest()[:16]}"
+                    truth = known.get(key) or exact(chunks, v)
+                    known[key] = truth
                     truths.append(truth)
                     counter.count = dense_fallbacks  # exact() turns index scans off too: not a fallback
                     recalls.append(len(set(found[:10]) & set(truth)) / max(1, len(truth)))
@@ -465,10 +478,15 @@ def measure(state: dict, data: dict) -> dict:
                    "dense_ms": summary(dense), "keyword_ms": summary(keyword), "fused_ms": summary(fused),
                    "recall@10": statistics.mean(recalls), "recall@10_min": min(recalls),
                    "exact_fallbacks": dense_fallbacks, "search_exact_fallbacks": search_fallbacks,
-                   "dense_leg_alone_ms": summary(dense_only)}  # fmt: skip
+                   "dense_leg_alone_ms": summary(dense_only),
+                   "keyword_plan": {"candidates": summary([p.candidates for p in plans]),
+                                    "candidates_max": max(p.candidates for p in plans),
+                                    "exact": sum(bool(p.exact) for p in plans),
+                                    "all_words": sum(p.mode == "all" for p in plans)}}  # fmt: skip
             if ARGS.sweep or ARGS.halfvec:
                 row["ann"] = sweep(chunks, qvectors, truths)
             results[label] = row
+            truths_file().write_text(json.dumps(known))
             log(f"{label}: fused p95 {row['fused_ms']['p95']:.1f} ms, recall@10 {row['recall@10']:.3f}")
     return results
 
@@ -494,61 +512,6 @@ def sweep(chunks, qvectors, truths) -> dict:
     return out
 
 
-def build_halfvec() -> dict:
-    name = f"chunk_embedding_halfvec_{DIM}"
-    t = time.perf_counter()
-    with connection.cursor() as cursor:
-        cursor.execute("SET maintenance_work_mem = '4GB'")
-        cursor.execute(f"CREATE INDEX IF NOT EXISTS {name} ON kb_chunk USING hnsw "
-                       f"((embedding::halfvec({DIM})) halfvec_cosine_ops) WITH (m = 16, ef_construction = 64) "
-                       f"WHERE embedding_dim = {DIM}")  # fmt: skip
-    return {"halfvec_build_s": time.perf_counter() - t}
-
-
-def sizes() -> dict:
-    with connection.cursor() as cursor:
-        cursor.execute("""
-            SELECT c.relname, pg_relation_size(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-            WHERE i.indrelid = 'kb_chunk'::regclass""")
-        out = {name: size for name, size in cursor.fetchall()}
-        cursor.execute("SELECT pg_relation_size('kb_chunk'), pg_total_relation_size('kb_chunk'), "
-                       "pg_total_relation_size('kb_keywordterm'), pg_database_size(current_database())")  # fmt: skip
-        heap, total, terms, database = cursor.fetchone()
-    out.update({"kb_chunk heap": heap, "kb_chunk with TOAST and indexes": total, "kb_keywordterm": terms,
-                "database": database})  # fmt: skip
-    return out
-
-
-def explain_keyword(user_pk: int) -> dict:
-    """EXPLAIN ANALYZE of kb's own BM25 statement for the commonest words and for a real question."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT lexeme FROM kb_keywordterm GROUP BY lexeme ORDER BY sum(df) DESC LIMIT 3")
-        common = " ".join(r[0] for r in cursor.fetchall())
-    user = get_user_model().objects.get(pk=user_pk)
-    out = {}
-    for label, text in (("commonest words", common), ("a question", "How do I read a text file one line at a time?")):
-        plans: list[str] = []
-
-        def wrapper(execute, sql, params, many, context, plans=plans):
-            if "WITH scope AS" in sql and not sql.startswith("EXPLAIN"):
-                with connection.cursor() as c:
-                    c.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
-                    plans.extend(r[0] for r in c.fetchall())
-            return execute(sql, params, many, context)
-
-        with access.request_cache(), connection.execute_wrapper(wrapper):
-            chunks = selectors.chunks_readable_by(user=user)
-            ids = list(
-                Collection.objects.filter(pk__in=access.readable_collection_ids(user)).values_list("pk", flat=True)
-            )
-            retrieval.keyword_leg(chunks, text, settings_candidates(), collection_ids=ids)
-        scans = [line.strip() for line in plans if "Scan" in line and "kb_chunk" in line]
-        out[label] = {"query": text, "seq_scan_on_kb_chunk": any("Seq Scan on kb_chunk" in s for s in scans),
-                      "scans": scans, "execution": [line.strip() for line in plans if "Execution Time" in line],
-                      "plan": plans}  # fmt: skip
-    return out
-
-
 def main() -> None:
     log(f"database {os.environ['KB_DB_NAME']} in {SIZE_VAR / 'pgdata'}")
     data = corpus()
@@ -562,37 +525,23 @@ def main() -> None:
     report = {"chunks": ARGS.chunks, "load": state["figures"], "users": state["users"]}
     report["statistics_check"] = check_statistics()
     log(f"BM25 statistics check: {report['statistics_check']}")
+    import _scale_report as extra
+
+    if ARGS.hnsw:
+        m, ef_construction = (int(x) for x in ARGS.hnsw.split(","))
+        report["load"].update(extra.rebuild_hnsw(m, ef_construction))
+        log(f"HNSW rebuilt: {report['load']}")
+    report["hnsw"] = extra.hnsw_options()
     if ARGS.halfvec:
-        report["load"].update(build_halfvec())
-    report["sizes"] = sizes()
+        report["load"].update(extra.build_halfvec())
+    report["sizes"] = extra.sizes()
     report["search"] = measure(state, data)
-    report["explain"] = explain_keyword(state["users"]["100%"]["user"])
-    print_table(report)
+    report["explain"] = extra.explain_keyword(state["users"]["100%"]["user"], settings_candidates())
+    report["settings"] = {name: getattr(django_settings, name) for name in
+                          ("KB_KEYWORD_CANDIDATES", "KB_HNSW_EF_SEARCH", "KB_CANDIDATES")}  # fmt: skip
+    extra.print_table(report)
     if ARGS.json:
         print(json.dumps(report, default=str))
-
-
-def print_table(report: dict) -> None:
-    mb = 1024 * 1024
-    print(f"\n{report['chunks']:,} chunks; load: " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}"
-                                                            for k, v in report["load"].items()))  # fmt: skip
-    print("BM25 statistics vs migration 0011's recount:", report["statistics_check"])
-    print("\nreadable | colls | dense p50/p95/p99 | keyword p50/p95/p99 | fused p50/p95/p99 | recall@10 (min) "
-          "| fallbacks")  # fmt: skip
-    for label, row in report["search"].items():
-        f = lambda s: f"{s['p50']:.1f}/{s['p95']:.1f}/{s['p99']:.1f}"  # noqa: E731
-        print(f"{label:>4} ({row['share']:.1%}) | {row['collections']} | {f(row['dense_ms'])} | "
-              f"{f(row['keyword_ms'])} | {f(row['fused_ms'])} | {row['recall@10']:.3f} "
-              f"({row['recall@10_min']:.1f}) | {row['exact_fallbacks']}")  # fmt: skip
-        for variant, v in row.get("ann", {}).items():
-            print(f"      {variant}: recall@10 {v['recall@10']:.3f}, "
-                  f"ms p50/p95 {v['ms']['p50']:.1f}/{v['ms']['p95']:.1f}")  # fmt: skip
-    print("\nsizes (MB): " + ", ".join(f"{k} {v / mb:.0f}" for k, v in report["sizes"].items()))
-    for label, e in report["explain"].items():
-        print(f"\nkeyword leg, {label} ({e['query']!r}): seq scan on kb_chunk: {e['seq_scan_on_kb_chunk']}; "
-              f"{'; '.join(e['execution'])}")  # fmt: skip
-        for s in e["scans"]:
-            print("   ", s)
 
 
 if __name__ == "__main__":
