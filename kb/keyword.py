@@ -65,9 +65,11 @@ SELECT totals.n, totals.avgdl, totals.avgsl, terms.lexeme, terms.df FROM totals 
 
 _BM25_SQL = """
 WITH scope AS NOT MATERIALIZED ({scope}),
+-- Each word as a one-lexeme query: cast from its quoted form, not parsed by to_tsquery, which
+-- would make "built-in" the phrase 'built-in' <-> 'built' <-> 'in' and match nothing.
 weighted AS MATERIALIZED (
-    SELECT w.lexeme, w.idf, to_tsquery('simple', quote_literal(w.lexeme)) AS q
-    FROM unnest(%s::text[], %s::float8[]) AS w(lexeme, idf)
+    SELECT w.lexeme, w.idf, w.quoted::tsquery AS q
+    FROM unnest(%s::text[], %s::float8[], %s::text[]) AS w(lexeme, idf, quoted)
 ),
 -- The candidates' query is a constant of the statement (not a subquery's result), so the
 -- planner knows how few chunks it matches and does not also build a bitmap of every
@@ -231,7 +233,7 @@ def keyword_search(chunks, text: str, limit: int, *, collection_ids: Iterable[in
         scale = max(1.0, heading)
         weights = [1 / scale, 1 / scale, 1 / scale, heading / scale]  # labels D, C, B, A
         cap = the_plan.budget if the_plan.mode == "all" and the_plan.budget else None
-        params = [*scope_params, [t.lexeme for t in terms], [t.idf for t in terms],
+        params = [*scope_params, [t.lexeme for t in terms], [t.idf for t in terms], [_quoted(t.lexeme) for t in terms],
                   (" | " if the_plan.mode == "any" else " & ").join(map(_quoted, the_plan.essential)), cap,
                   scale, weights, k1, b, b, avgdl or 1.0, limit, section, scale, weights, k1, b, b, avgsl or 1.0,
                   section, limit]  # fmt: skip

@@ -178,3 +178,22 @@ def test_a_question_of_odd_characters_finds_its_page(settings):
     for question in ["O'Reilly's", r"C:\temp\dir", "x:* !&| <->", "a''b naïve"]:
         found = _search(collection, question, 5)
         assert [Chunk.objects.get(pk=pk).document.source_path for pk, _ in found.rows] == ["odd.md"], question
+
+
+@pytestmark_db
+def test_hyphenated_words_score_as_the_reference_scores_them(settings):
+    """'built-in' is one lexeme beside 'built'; parsed by to_tsquery it became a phrase that matched nothing."""
+    from tests.test_bm25 import reference_scores, stored_tokens
+
+    settings.KB_KEYWORD_CANDIDATES, settings.KB_BM25_SECTION_WEIGHT = 0, 0.0
+    collection = make_collection()
+    add_document(collection, "a.md", "# Functions\n\nThe built-in functions are always available; built-in means shipped.")
+    add_document(collection, "b.md", "# Houses\n\nThe house was built in a year, by hand.")
+    add_document(collection, "c.md", "# Mail\n\nSend an e-mail to the read-only list.")
+    tokens = stored_tokens(collection)
+    for question in ["built-in functions", "read-only e-mail list", "built"]:
+        expected = reference_scores(tokens, question, settings.KB_BM25_K1, settings.KB_BM25_B)
+        got = dict(_search(collection, question, 10).rows)
+        assert got.keys() == expected.keys(), question
+        for pk, score in expected.items():
+            assert got[pk] == pytest.approx(score, rel=1e-5), question
