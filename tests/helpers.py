@@ -276,3 +276,26 @@ def external_fetches(html: str) -> list[str]:
             elif name == "href" and any("javascript:" in str(v).lower() for v in values):
                 found.append(shown)
     return found
+
+
+def recount() -> tuple[set, set]:
+    """What migration 0011's BM25 statistics should hold, counted from the chunks now."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT collection_id, generation, u.lexeme, count(*) FROM kb_chunk, unnest(search_vector) u "
+                       "GROUP BY 1, 2, 3")  # fmt: skip
+        terms = set(cursor.fetchall())
+        cursor.execute("SELECT collection_id, generation, count(*), sum(kb_tsvector_length(search_vector)), "
+                       "count(DISTINCT (document_id, heading_path)) FROM kb_chunk GROUP BY 1, 2")  # fmt: skip
+        totals = set(cursor.fetchall())
+    return terms, totals
+
+
+def assert_statistics_match_the_chunks() -> None:
+    from kb.models import KeywordTerm, KeywordTotal
+
+    terms, totals = recount()
+    assert set(KeywordTerm.objects.values_list("collection_id", "generation", "lexeme", "df")) == terms
+    stored = KeywordTotal.objects.values_list("collection_id", "generation", "chunks", "length", "sections")
+    assert set(stored) == totals

@@ -13,6 +13,7 @@ from kb.services.collections import collection_delete, collection_purge
 from kb.services.documents import document_delete
 from kb.services.reindex import collection_reindex
 from tests.factories import add_document, make_collection, make_user
+from tests.helpers import assert_statistics_match_the_chunks
 
 pytestmark = pytest.mark.django_db
 
@@ -193,25 +194,6 @@ def test_a_passage_in_a_section_about_the_words_outranks_a_passing_mention(setti
     # On their own the two chunks are about even; their sections tell them apart.
     assert alone[first.pk] == pytest.approx(alone[passing.pk], rel=0.2)
     assert with_sections[first.pk] > 1.3 * with_sections[passing.pk]
-
-
-def recount() -> tuple[set, set]:
-    """What the statistics should hold, counted from the chunks now."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT collection_id, generation, u.lexeme, count(*) FROM kb_chunk, unnest(search_vector) u "
-                       "GROUP BY 1, 2, 3")  # fmt: skip
-        terms = set(cursor.fetchall())
-        cursor.execute("SELECT collection_id, generation, count(*), sum(kb_tsvector_length(search_vector)), "
-                       "count(DISTINCT (document_id, heading_path)) FROM kb_chunk GROUP BY 1, 2")  # fmt: skip
-        totals = set(cursor.fetchall())
-    return terms, totals
-
-
-def assert_statistics_match_the_chunks() -> None:
-    terms, totals = recount()
-    assert set(KeywordTerm.objects.values_list("collection_id", "generation", "lexeme", "df")) == terms
-    stored = KeywordTotal.objects.values_list("collection_id", "generation", "chunks", "length", "sections")
-    assert set(stored) == totals
 
 
 def test_statistics_follow_every_change_to_the_chunks():

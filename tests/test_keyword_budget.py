@@ -187,7 +187,7 @@ def test_hyphenated_words_score_as_the_reference_scores_them(settings):
 
     settings.KB_KEYWORD_CANDIDATES, settings.KB_BM25_SECTION_WEIGHT = 0, 0.0
     collection = make_collection()
-    add_document(collection, "a.md", "# Functions\n\nThe built-in functions are always available; built-in means shipped.")
+    add_document(collection, "a.md", "# Functions\n\nThe built-in functions are always there; built-in means shipped.")
     add_document(collection, "b.md", "# Houses\n\nThe house was built in a year, by hand.")
     add_document(collection, "c.md", "# Mail\n\nSend an e-mail to the read-only list.")
     tokens = stored_tokens(collection)

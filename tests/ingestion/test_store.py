@@ -9,10 +9,11 @@ from django.db import connection
 from ingestion.pipeline import ChunkData
 from ingestion.processing import documents_process
 from ingestion.store import document_replace_chunks
-from kb.models import Chunk, Collection, KeywordTerm, KeywordTotal
+from kb.models import Chunk, Collection, KeywordTotal
 from kb.services.reindex import collection_reindex
 from tests.corpus import BACKUPS, VACATION
 from tests.factories import add_document, make_collection, make_user, upload_document
+from tests.helpers import assert_statistics_match_the_chunks
 
 pytestmark = pytest.mark.django_db
 
@@ -92,25 +93,6 @@ def test_copied_chunks_keep_every_column_and_postgres_computes_the_generated_one
         assert chunk.search_length > 0 and "rotat" in chunk.search_vector
     document.refresh_from_db()
     assert (document.status, document.chunk_count, document.title) == ("ready", 12, "Runbook")
-
-
-def recount() -> tuple[set, set]:
-    """What migration 0011's statistics should hold, counted from the chunks now."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT collection_id, generation, u.lexeme, count(*) FROM kb_chunk, unnest(search_vector) u "
-                       "GROUP BY 1, 2, 3")  # fmt: skip
-        terms = set(cursor.fetchall())
-        cursor.execute("SELECT collection_id, generation, count(*), sum(kb_tsvector_length(search_vector)), "
-                       "count(DISTINCT (document_id, heading_path)) FROM kb_chunk GROUP BY 1, 2")  # fmt: skip
-        totals = set(cursor.fetchall())
-    return terms, totals
-
-
-def assert_statistics_match_the_chunks() -> None:
-    terms, totals = recount()
-    assert set(KeywordTerm.objects.values_list("collection_id", "generation", "lexeme", "df")) == terms
-    stored = KeywordTotal.objects.values_list("collection_id", "generation", "chunks", "length", "sections")
-    assert set(stored) == totals
 
 
 def test_keyword_statistics_stay_exact_as_copied_chunks_arrive_are_replaced_and_staged(insert_statements):
