@@ -29,7 +29,6 @@ import json
 import logging
 import multiprocessing
 import random
-import re
 import resource
 import sys
 import time
@@ -48,174 +47,26 @@ django.setup()
 
 from ingestion import archives, readers  # noqa: E402
 from ingestion.errors import IngestError  # noqa: E402
+from tests.ingestion.fuzz_seeds import (  # noqa: E402 - the seeds and the damage, shared with the tests
+    FORMATS,
+    MAGIC,
+    Seeded,
+    damage_bytes,
+    damage_member,
+    front_matter,
+    seeds,
+)
 
-FORMATS = ("pdf", "docx", "html", "markdown", "text", "zip")
 NAMES = {
     "pdf": "report.pdf", "docx": "policy.docx", "html": "page.html", "markdown": "page.md", "text": "notes.txt",
     "zip": "export.zip",
 }  # fmt: skip
-MAGIC = {
-    "pdf": b"%PDF-1.7\n", "docx": b"PK\x03\x04", "html": b"<!doctype html><html><body>",
-    "markdown": b"---\ntitle: ", "text": b"\xef\xbb\xbf", "zip": b"PK\x03\x04",
-}  # fmt: skip
 MEMORY_LIMIT = 2 << 30
 
 
-# -- seeds: small real files -------------------------------------------------------------------
-
-
-def _pdf() -> bytes:
-    from pypdf import PdfReader, PdfWriter
-
-    from tests.ingestion.builders import pdf_bytes
-
-    pages = ["Backups\nThe backup runs nightly at 02:00.", "Restores\nRestores are tested (weekly).", "Contacts"]
-    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf_bytes(pages))))
-    writer.add_metadata({"/Title": "Operations handbook"})
-    top = writer.add_outline_item(title="Backups", page_number=0)
-    writer.add_outline_item(title="Schedule", page_number=0, parent=top)
-    writer.add_outline_item(title="Restores", page_number=1)
-    for page in writer.pages:
-        page.compress_content_streams()
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
-
-
-def _docx() -> bytes:
-    import docx
-
-    document = docx.Document()
-    document.core_properties.title = "Security policy"
-    document.add_heading("Security Policy", level=0)
-    document.add_heading("Passwords", level=1)
-    document.add_paragraph("Use a password manager.")
-    document.add_paragraph("Twelve characters at least", style="List Bullet")
-    document.add_paragraph("No reuse across sites", style="List Number")
-    table = document.add_table(rows=2, cols=2)
-    table.cell(0, 0).text, table.cell(0, 1).text = "Key", "Period"
-    table.cell(1, 0).text, table.cell(1, 1).text = "TLS", "1 year"
-    document.add_heading("Rotation", level=2)
-    document.add_paragraph("Rotate service keys yearly.")
-    out = io.BytesIO()
-    document.save(out)
-    return out.getvalue()
-
-
-HTML = b"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Runbook</title>
-<style>p{color:red}</style><script>var x = 1;</script></head><body><nav><a href="/">Home</a></nav>
-<main><h1>Restore <a class="headerlink" href="#r">#</a></h1><p>Stop the <b>service</b> first.</p>
-<h2>Steps</h2><ol><li>Copy the dump</li><li>Run <code>pg_restore</code></li></ol>
-<table><tr><th>Disk</th><td>/dev/sdb</td></tr></table><pre>pg_restore -d kb dump</pre>
-<p hidden>secret</p><a href="backups.html#top">Backups</a></main><footer>(c) 2024</footer></body></html>"""
-
-MARKDOWN = b"""---
-title: Backups
-tags: [ops, "db"]
-date: 2024-05-01
----
-# Backups
-
-Backups run **nightly** at 02:00; see [restore](restore.md).
-
-## Retention
-
-- 7 daily
-- 4 weekly
-
-> Keep one copy off site.
-
-```sh
-pg_dump kb > kb.sql
-```
-
-Setext heading
---------------
-Text under it.
-"""
-
-TEXT = "Caf\u00e9 notes\r\nThe backup runs nightly.\r\n\r\nRestores are tested weekly \u2014 on Fridays.\n".encode()
-
-
-def _zip() -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("ops/backups.md", MARKDOWN)
-        archive.writestr("ops/restore.html", HTML)
-        archive.writestr("ops/notes.txt", TEXT)
-        archive.writestr("images/logo.png", b"\x89PNG\r\n\x1a\n")
-        archive.writestr("__MACOSX/._backups.md", b"\x00\x05\x16\x07")
-    return out.getvalue()
-
-
-# -- damage ----------------------------------------------------------------------------------
-
-
-def damage_bytes(rng: random.Random, data: bytes) -> tuple[bytes, str]:
-    data = bytearray(data)
-    done = []
-    for _ in range(rng.randint(1, 4)):
-        if not data:
-            break
-        at = rng.randrange(len(data))
-        kind = rng.choice(["flip", "truncate", "insert", "overwrite", "delete"])
-        if kind == "flip":
-            data[at] ^= 1 << rng.randrange(8)
-        elif kind == "truncate":
-            del data[at:]
-        elif kind == "insert":
-            data[at:at] = rng.randbytes(rng.randint(1, 64))
-        elif kind == "overwrite":
-            junk = rng.randbytes(rng.randint(1, 64))
-            data[at : at + len(junk)] = junk
-        else:
-            del data[at : at + rng.randint(1, 512)]
-        done.append(f"{kind}@{at}")
-    return bytes(data), " ".join(done)
-
-
-_NAMESPACE = re.compile(rb'\sxmlns(:\w+)?="[^"]*"')
-
-
-def damage_member(rng: random.Random, package: bytes) -> tuple[bytes, str]:
-    with zipfile.ZipFile(io.BytesIO(package)) as source:
-        members = {info.filename: source.read(info) for info in source.infolist()}
-    name = rng.choice(sorted(members))
-    kind = rng.choice(["bytes", "bytes", "no namespaces", "other xml", "missing"])
-    if kind == "bytes":
-        members[name], how = damage_bytes(rng, members[name])
-        kind = f"bytes ({how})"
-    elif kind == "no namespaces":
-        members[name] = _NAMESPACE.sub(b"", members[name])
-    elif kind == "other xml":
-        members[name] = rng.choice([b"<Types/>", b'<?xml version="1.0"?><root><child/></root>', b"<a>"])
-    else:
-        del members[name]
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as target:
-        for member, data in members.items():
-            target.writestr(member, data)
-    return out.getvalue(), f"member {name}: {kind}"
-
-
-_YAML_VALUES = [
-    b"2024-13-45", b"2024-02-30 25:61:00", b"1" * 5000, b"!!python/object:os.system {}", b"&a [*a]",
-    b"[" * 200 + b"]" * 200, b"{a: {b: {c: [1, 2, {d: e}]}}}", b'"unterminated', b"- - - -", b"? [a]\n: b",
-    b"!!binary aGVsbG8=", b".nan", b"~", b"0x1F", b"'x",
-]  # fmt: skip
-
-
-def front_matter(rng: random.Random) -> tuple[bytes, str]:
-    lines = [b"---"] + [b"k%d: %s" % (n, rng.choice(_YAML_VALUES)) for n in range(rng.randint(1, 6))]
-    laughs = rng.random() < 0.5
-    if laughs:
-        lines.append(b"l0: &l0 [x, x, x, x, x, x, x, x, x]")
-        lines += [b"l%d: &l%d [%s]" % (i, i, b", ".join([b"*l%d" % (i - 1)] * 9)) for i in range(1, 9)]
-    return b"\n".join([*lines, b"---"]) + b"\n# Page\n\nText.\n", "front matter" + (" + aliases" if laughs else "")
-
-
-def make_input(rng: random.Random, fmt: str, seeds: dict[str, bytes]) -> tuple[bytes, str]:
+def make_input(rng: random.Random, fmt: str, by_format: dict[str, bytes]) -> tuple[bytes, str]:
     """One input of the format and how it was made."""
+    choose = Seeded(rng)
     choices = ["damaged", "damaged", "damaged", "arbitrary", "magic"]
     if fmt in ("docx", "zip"):
         choices += ["member", "member", "member"]
@@ -225,13 +76,13 @@ def make_input(rng: random.Random, fmt: str, seeds: dict[str, bytes]) -> tuple[b
         choices += ["nested", "front matter"]
     how = rng.choice(choices)
     if how == "damaged":
-        return damage_bytes(rng, seeds[fmt])
+        return damage_bytes(choose, by_format[fmt])
     if how == "arbitrary":
         return rng.randbytes(rng.randint(0, 4096)), "arbitrary bytes"
     if how == "magic":
         return MAGIC[fmt] + rng.randbytes(rng.randint(0, 4096)), "magic + arbitrary bytes"
     if how == "member":
-        return damage_member(rng, seeds[fmt])
+        return damage_member(choose, by_format[fmt])
     if how == "nested":
         depth = rng.randint(100, 20_000)
         if fmt == "html":
@@ -239,7 +90,7 @@ def make_input(rng: random.Random, fmt: str, seeds: dict[str, bytes]) -> tuple[b
             return tag * depth + b"deep", f"{tag.decode()} x {depth}"
         tag = rng.choice([b"> ", b"- ", b"* > ", b"["])
         return tag * depth + b"deep", f"{tag.decode()!r} x {depth}"
-    return front_matter(rng)
+    return front_matter(choose)
 
 
 # -- reading in a child ------------------------------------------------------------------------
@@ -339,8 +190,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="write the inputs behind bugs and crashes into this folder")
     args = parser.parse_args()
 
-    seeds = {"pdf": _pdf(), "docx": _docx(), "html": HTML, "markdown": MARKDOWN, "text": TEXT, "zip": _zip()}
-    for fmt, seed in seeds.items():  # the seeds themselves must read
+    by_format = seeds()
+    for fmt, seed in by_format.items():  # the seeds themselves must read
         assert all(o == "text" for o, _ in _read(fmt, seed)), fmt
     rng = random.Random(args.seed)
     context = multiprocessing.get_context("fork")
@@ -351,7 +202,7 @@ def main() -> None:
     started = time.perf_counter()
     for number in range(args.inputs):
         fmt = FORMATS[number % len(FORMATS)]
-        data, how = make_input(rng, fmt, seeds)
+        data, how = make_input(rng, fmt, by_format)
         result = run_one(context, fmt, data, args.limit)
         counts = per_format[fmt]
         counts["inputs"] += 1
