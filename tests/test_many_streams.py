@@ -99,16 +99,22 @@ def test_a_burst_of_questions_waits_its_turn_for_the_pool_rather_than_opening_a_
         with kb_web_server(env={"KB_DB_POOL_MAX_SIZE": str(pool), "KB_DB_POOL_TIMEOUT": "60"}) as web:
             clients = [httpx.Client(base_url=web, cookies=session_cookies(u), timeout=120) for u in users]
             threads = [threading.Thread(target=ask, args=(client,)) for client in clients]
-            for thread in threads:
-                thread.start()
-            most = 0
-            while any(t.is_alive() for t in threads):
-                most = max(most, web_connections())
-                time.sleep(0.05)
+            most = run_watching_connections(threads)
             for client in clients:
                 client.close()
     assert len(streams) == askers and all(isinstance(s, str) for s in streams), streams
     assert 0 < most <= pool
+
+
+def run_watching_connections(threads: list[threading.Thread]) -> int:
+    """Start the threads and sample the web process's database connections until they end: the most seen."""
+    for thread in threads:
+        thread.start()
+    most = 0
+    while any(t.is_alive() for t in threads):
+        most = max(most, web_connections())
+        time.sleep(0.05)
+    return most
 
 
 @pytest.mark.django_db(transaction=True)
@@ -136,12 +142,7 @@ def test_pages_following_answers_at_once_share_a_pool_smaller_than_their_number(
             assert read_answer(clients[0], post_question(clients[0], collection)) == "".join(WORDS)
             paths = [post_question(client, collection) for client in clients[1:]]
             threads = [threading.Thread(target=follow, args=cs) for cs in zip(clients[1:], paths, strict=True)]
-            for thread in threads:
-                thread.start()
-            most = 0
-            while any(t.is_alive() for t in threads):
-                most = max(most, web_connections())
-                time.sleep(0.05)
+            most = run_watching_connections(threads)
             for client in clients:
                 client.close()
     assert answers == ["".join(WORDS)] * streams
