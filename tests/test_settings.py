@@ -44,6 +44,8 @@ def test_out_of_range_retrieval_settings_stop_start_up_with_the_variable_named()
         ("KB_BM25_B", "1.5", "KB_BM25_B=1.5: use between 0 and 1."),
         ("KB_RERANK_API", "openai", "KB_RERANK_API='openai': use auto, tei or cohere."),
         ("KB_RECENCY_WEIGHT", "-0.1", "KB_RECENCY_WEIGHT=-0.1: use 0 or more."),
+        ("KB_KEYWORD_CANDIDATES", "-5", "KB_KEYWORD_CANDIDATES=-5: use 0 (no bound) or more."),
+        ("KB_HNSW_EF_SEARCH", "0", "KB_HNSW_EF_SEARCH=0: use between 1 and 1000."),
         ("KB_SOURCE_DELAY", "-1", "KB_SOURCE_DELAY=-1.0: use 0 or more."),
         ("KB_STALE_SECONDS", "60", "KB_STALE_SECONDS=60 must be at least 3 × KB_HEARTBEAT_SECONDS=30"),
     ):
