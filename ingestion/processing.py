@@ -12,7 +12,6 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from ingestion.status import (
 )
 from ingestion.store import ModelChanged, collection_reindex_finish, document_replace_chunks, document_stage_chunks
 from kb import vector_indexes
-from kb.models import Chunk, Collection, Document
+from kb.models import Chunk, Document
 
 logger = logging.getLogger(__name__)
 
@@ -92,20 +91,6 @@ def documents_process(*, document_ids: list[int], progress=None) -> None:
     (documents already stored are skipped by it).
     """
     documents_claim(document_ids)
-    if _remote_embedding(document_ids):
-        _documents_process_overlapped(document_ids, progress)
-    else:
-        _documents_process_one_pass(document_ids, progress)
-
-
-def _remote_embedding(document_ids: list[int]) -> bool:
-    """Whether every collection these documents belong to is embedded by a server (KB_EMBED_URL)."""
-    specs = {c.embed_spec for c in Collection.objects.filter(documents__pk__in=document_ids).distinct()}
-    return bool(specs) and all(spec.url for spec in specs)
-
-
-def _documents_process_one_pass(document_ids: list[int], progress=None) -> None:
-    """Parse every document, then embed all their chunks in one pass: the model runs here, on these cores."""
     prepared = []
     for pk in document_ids:
         with _failing_alone([pk]):
@@ -131,44 +116,6 @@ def _documents_process_one_pass(document_ids: list[int], progress=None) -> None:
                 except ModelChanged:
                     document_process(document_id=item.document_id)
             first += len(item.texts)
-
-
-def _documents_process_overlapped(document_ids: list[int], progress=None) -> None:
-    """Parse the next document while the embedding server embeds this one's chunks.
-
-    With the model on a server this process only waits on the network while a document is
-    embedded, so parsing the next one meanwhile hides it (bench/ingest_remote.py). Not for a
-    local model: there both use the same cores, and the smaller passes it needs cost more than
-    the parsing they would hide (bench/embed_passes.py), so a local model keeps one pass.
-    One document ahead at most; the database work (marks, storing) stays in this thread, the
-    thread only sends texts and receives vectors.
-    """
-    counted = {"done": 0, "total": 0}
-
-    def finish(item: _Prepared, vectors) -> None:
-        ids = [item.document_id]
-        with _failing_alone(ids):
-            found = vectors.result()
-            counted["total"] += len(found)
-            group_progress(ids, progress and (lambda done, _t: progress(counted["done"] + done, counted["total"])))(
-                len(found), len(found)
-            )
-            counted["done"] += len(found)
-            try:
-                _document_store_chunks(item, found)
-            except ModelChanged:
-                document_process(document_id=item.document_id)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-embed-remote") as pool:
-        pending = None
-        for pk in [*document_ids, None]:
-            item = None
-            if pk is not None:
-                with _failing_alone([pk]):
-                    item = _document_prepare(document_id=pk)
-            if pending is not None:
-                finish(*pending)
-            pending = (item, pool.submit(pipeline.embed_texts, item.texts, embedder=item.embedder)) if item else None
 
 
 @contextmanager
