@@ -31,6 +31,7 @@ import question_set  # noqa: E402  (bench/, on sys.path as the script's folder)
 django.setup()
 
 from django.conf import settings  # noqa: E402
+from django.db import ProgrammingError  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
 from kb import keyword, retrieval  # noqa: E402
@@ -124,6 +125,8 @@ def main() -> None:
     args = parser.parse_args()
     try:
         collection = Collection.objects.get(name=args.collection)
+    except ProgrammingError:
+        sys.exit("The database has no kb tables yet: run `.venv/bin/python manage.py migrate` first.")
     except Collection.DoesNotExist:
         sys.exit(f"No collection named {args.collection!r}: ingest it first "
                  "(docs/benchmarks.md, 'Corpus and questions').")  # fmt: skip

@@ -46,6 +46,16 @@ SERVER_SETTINGS = {"shared_buffers": "8GB", "effective_cache_size": "12GB", "mai
                    "max_parallel_maintenance_workers": "1", "max_wal_size": "8GB"}  # fmt: skip
 
 
+def _hnsw_options(text: str) -> tuple[int, int]:
+    try:
+        m, ef_construction = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give two whole numbers, M,EF_CONSTRUCTION (e.g. 32,128)") from None
+    if not (2 <= m <= 100 and 4 <= ef_construction <= 1000):  # pgvector's own limits
+        raise argparse.ArgumentTypeError(f"{text!r}: m must be 2-100 and ef_construction 4-1000")
+    return m, ef_construction
+
+
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, required=True)
@@ -55,7 +65,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--halfvec", action="store_true", help="also build and measure a halfvec HNSW index")
     parser.add_argument("--sweep", action="store_true", help="recall and latency at other hnsw.ef_search values")
     parser.add_argument("--questions", type=int, default=0, help="use only the first N questions (0: all)")
-    parser.add_argument("--hnsw", metavar="M,EF_CONSTRUCTION", help="rebuild kb's HNSW index with these first")
+    parser.add_argument("--hnsw", metavar="M,EF_CONSTRUCTION", type=_hnsw_options,
+                        help="rebuild kb's HNSW index with these first, e.g. 32,128")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
 
@@ -528,8 +539,7 @@ def main() -> None:
     import _scale_report as extra
 
     if ARGS.hnsw:
-        m, ef_construction = (int(x) for x in ARGS.hnsw.split(","))
-        report["load"].update(extra.rebuild_hnsw(m, ef_construction))
+        report["load"].update(extra.rebuild_hnsw(*ARGS.hnsw))
         log(f"HNSW rebuilt: {report['load']}")
     report["hnsw"] = extra.hnsw_options()
     if ARGS.halfvec:
