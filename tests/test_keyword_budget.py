@@ -37,7 +37,7 @@ def test_when_no_word_fits_the_chunks_holding_the_rarest_together_stand_in():
     assert (found.essential, found.expected) == (["a", "b"], 500)  # estimate 7,200: the cap binds
 
 
-pytestmark_db = pytest.mark.django_db
+django_db = pytest.mark.django_db
 
 
 def _corpus(collection, *, zebras: int = 10, others: int = 20) -> None:
@@ -54,7 +54,7 @@ def _search(collection, question: str, limit: int) -> keyword.KeywordResult:
     return keyword.keyword_search(chunks, question, limit, collection_ids=[collection.pk])
 
 
-@pytestmark_db
+@django_db
 def test_a_common_word_brings_no_candidates_and_the_bound_proves_the_ranking_exact(settings):
     collection = make_collection()
     _corpus(collection)
@@ -73,7 +73,7 @@ def test_a_common_word_brings_no_candidates_and_the_bound_proves_the_ranking_exa
     assert bounded.rows == [(pk, pytest.approx(score)) for pk, score in unbounded.rows]
 
 
-@pytestmark_db
+@django_db
 def test_the_bound_says_so_when_the_ranking_may_differ(settings):
     collection = make_collection()
     _corpus(collection)
@@ -84,7 +84,7 @@ def test_the_bound_says_so_when_the_ranking_may_differ(settings):
     assert found.plan.exact is False and found.plan.candidates == 10
 
 
-@pytestmark_db
+@django_db
 def test_a_question_of_common_words_reads_at_most_the_budget_of_chunks_holding_them_all(settings):
     collection = make_collection()
     _corpus(collection)
@@ -96,7 +96,7 @@ def test_a_question_of_common_words_reads_at_most_the_budget_of_chunks_holding_t
     assert _search(collection, "station day", 10).plan.candidates == 30
 
 
-@pytestmark_db
+@django_db
 def test_search_reports_the_keyword_plan(settings):
     settings.KB_KEYWORD_CANDIDATES = 12
     reader = make_user()
@@ -127,7 +127,7 @@ def _dense_statements(user, **kwargs) -> list[str]:
     return seen
 
 
-@pytestmark_db
+@django_db
 @pytest.mark.parametrize("picked", [False, True])
 def test_the_dense_statement_filters_the_collections_once(picked):
     """One model, a reader of some collections: the vector search names them in one filter.
@@ -152,7 +152,7 @@ def test_the_dense_statement_filters_the_collections_once(picked):
 WEIRD = r"O'Reilly's C:\temp\dir x:* !&| <-> 'quoted' back\\slash naïve ü-ber 10.5% a''b"
 
 
-@pytestmark_db
+@django_db
 def test_every_lexeme_postgres_makes_is_quoted_into_a_tsquery_that_matches_it():
     from django.db import connection
 
@@ -169,7 +169,7 @@ def test_every_lexeme_postgres_makes_is_quoted_into_a_tsquery_that_matches_it():
             assert matched, (lexeme, text)
 
 
-@pytestmark_db
+@django_db
 def test_a_question_of_odd_characters_finds_its_page(settings):
     settings.KB_KEYWORD_CANDIDATES = 1  # every plan through the quoted query
     collection = make_collection()
@@ -180,7 +180,7 @@ def test_a_question_of_odd_characters_finds_its_page(settings):
         assert [Chunk.objects.get(pk=pk).document.source_path for pk, _ in found.rows] == ["odd.md"], question
 
 
-@pytestmark_db
+@django_db
 def test_hyphenated_words_score_as_the_reference_scores_them(settings):
     """'built-in' is one lexeme beside 'built'; parsed by to_tsquery it became a phrase that matched nothing."""
     from tests.test_bm25 import reference_scores, stored_tokens
