@@ -299,6 +299,25 @@ async def follow(message: Message, *, after: str = "0") -> AsyncIterator[list[tu
         await client.decr(readers)
 
 
+async def replay(message: Message, *, after: str = "0") -> list[tuple[str, str | verification.Checked]]:
+    """(entry id, piece or checked sentence) of an answer that has ended, after `after`, as its relay kept them.
+
+    A page that connects a moment after a fast answer ended (a warm model, a Regenerate), or an
+    EventSource that reconnects after the end, gets the pieces a live reader got, then the final
+    state. Empty once the relay has expired (KEEP_SECONDS) or cannot be read: the final state alone
+    still brings the whole answer.
+    """
+    follower = _Follower(after)
+    start = "-" if after == "0" else f"({after}"
+    try:
+        entries = await _client().xrange(message.stream_key, start)
+    except RedisError as exc:
+        logger.warning("message %s: cannot replay its answer, sending its final state: %s", message.pk, exc)
+        return []
+    follower.deliver([(entry.decode(), fields) for entry, fields in entries])
+    return follower.queue.get_nowait()[0] if not follower.queue.empty() else []
+
+
 async def wait_for_end(message: Message) -> None:
     """Wait until a message's answer is no longer being written, or its writer must be gone; without Redis."""
     give_up = time.monotonic() + settings.KB_LLM_TIMEOUT + 30

@@ -268,6 +268,13 @@ def _stream_start(user, pk: int):
     return message, sources, history, claimed, shown
 
 
+async def _replayed(message, after: str):
+    """The relay's record of an ended answer as one batch, in the shape `answer_relay.follow` yields."""
+    batch = await answer_relay.replay(message, after=after)
+    if batch:
+        yield batch
+
+
 async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
     """Stream one message's answer as server-sent events: `state`, `token`s, then `done` with the final HTML.
 
@@ -298,6 +305,9 @@ async def message_stream(request: HttpRequest, pk: int) -> HttpResponse:
             pieces = answer_relay.produce(message, sources, history)
         elif message.status == Message.Status.STREAMING and message.stream_key:
             pieces = answer_relay.follow(message, after=after)
+        elif message.stream_key:
+            # Ended before this page connected: what its relay kept, as a live reader had it.
+            pieces = _replayed(message, after)
         else:
             pieces = None
         if pieces is not None:
