@@ -18,7 +18,8 @@ The stand-in holds every answer's first token until all N streams are connected,
 streams overlap from the first token to the last. Measured: time to first byte of each stream
 (from sending its request), the tokens each reader receives against what the stand-in sent
 (rate ratio per stream: the stand-in's time from first to last token over the time from its
-first token leaving to the reader holding the last), errors, the web process's CPU and RSS
+first token leaving to the reader holding the last), the time from the stand-in's last token
+to the reader's final state (`done`, once every sentence is checked), errors, the web process's CPU and RSS
 (psutil) and its database connections (pg_stat_activity, sampled every 0.2 s).
 With --json the last line is {"streams", "rate_ratio", "errors", "ttfb_p95_ms", "db_connections_max"}.
 """
@@ -124,6 +125,7 @@ class Reader:
         self.first: float | None = None
         self.last: float | None = None
         self.done = False
+        self.done_at: float | None = None  # when the final state (every sentence checked) arrived
         self.error: str | None = None
 
 
@@ -166,8 +168,8 @@ async def read_stream(reader: Reader, base: str, request: bytes, connected) -> N
                 reader.last = time.monotonic()
                 reader.first = reader.first or reader.last
                 reader.tokens += count
-            if DONE in seen:
-                reader.done = True
+            if DONE in seen and not reader.done:
+                reader.done, reader.done_at = True, time.monotonic()
             tail = seen[-(len(TOKEN) - 1) :]  # shorter than either marker: none is counted twice
             body = await r.read(65536)
             if not body:
@@ -316,7 +318,7 @@ def start_standin(tokens: int, rate: float, answer: str):
 
 def summarise(readers: list[Reader], run: dict, sampled: dict, rate: float) -> dict:
     by_tag = {rec["tag"]: rec for rec in run["standin"]["records"]}
-    ratios, first_lag, last_lag, standin_rates = [], [], [], []
+    ratios, first_lag, last_lag, done_lag, standin_rates = [], [], [], [], []
     for r in readers:
         rec = by_tag.get(r.n)
         if rec is None or not rec["first"]:
@@ -330,6 +332,7 @@ def summarise(readers: list[Reader], run: dict, sampled: dict, rate: float) -> d
             ratios.append((rec["last"] - rec["first"]) / (r.last - rec["first"]))
             first_lag.append((r.first - rec["first"]) * 1000)
             last_lag.append((r.last - rec["last"]) * 1000)
+            done_lag.append((r.done_at - rec["last"]) * 1000)
     ttfb = [r.ttfb_ms for r in readers if r.ttfb_ms is not None]
     posts = [r.post_ms for r in readers if r.post_ms is not None]
 
@@ -341,6 +344,7 @@ def summarise(readers: list[Reader], run: dict, sampled: dict, rate: float) -> d
         "post_ms": {"p50": p(posts, 50), "p95": p(posts, 95)},
         "first_token_lag_ms": {"p50": p(first_lag, 50), "p95": p(first_lag, 95)},
         "last_token_lag_ms": {"p50": p(last_lag, 50), "p95": p(last_lag, 95)},
+        "done_lag_ms": {"p50": p(done_lag, 50), "p95": p(done_lag, 95)},
         "rate_ratio": round(statistics.fmean(ratios), 4) if ratios else 0.0,
         "rate_ratio_worst": round(min(ratios), 4) if ratios else 0.0,
         "standin_rate": round(statistics.fmean(standin_rates), 2) if standin_rates else 0.0,
@@ -421,6 +425,8 @@ def main() -> None:
          f"{result['first_token_lag_ms']['p50']} / {result['first_token_lag_ms']['p95']} ms"),
         ("last token, stand-in → reader p50 / p95",
          f"{result['last_token_lag_ms']['p50']} / {result['last_token_lag_ms']['p95']} ms"),
+        ("final state (all checked), after stand-in's last token p50 / p95",
+         f"{result['done_lag_ms']['p50']} / {result['done_lag_ms']['p95']} ms"),
         ("delivered token rate / stand-in's (mean, worst stream)",
          f"{result['rate_ratio']:.3f}, {result['rate_ratio_worst']:.3f}"),
         ("stand-in's own rate per stream", f"{result['standin_rate']} tokens/s (nominal {args.rate:g}), "

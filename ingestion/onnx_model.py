@@ -14,6 +14,7 @@ the transformer, then mean (or [CLS]) pooling over the attention mask.
 
 from __future__ import annotations
 
+import contextvars
 import fcntl
 import hashlib
 import json
@@ -21,6 +22,7 @@ import logging
 import os
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +173,23 @@ def pooling_mode(location: str) -> str:
     raise ImproperlyConfigured(f"KB_EMBED_BACKEND=onnx supports mean or [CLS] pooling; {location} uses {config}.")
 
 
+# Set where the model shares the cores with other work (a web process checking the sentences of
+# many answers at once): its batches then run on the single text's thread count too. Per CPU
+# second that embeds 1.42 x the sentences of one call each, against 1.22 x for batches spread
+# over every core (bench/sentence_checks.py, docs/benchmarks.md "Hundreds of people at once").
+_narrow: contextvars.ContextVar[bool] = contextvars.ContextVar("kb_onnx_narrow", default=False)
+
+
+@contextmanager
+def on_single_threads():
+    """Within the block, batches run on the thread count of a single text (KB_QUERY_EMBED_THREADS)."""
+    token = _narrow.set(True)
+    try:
+        yield
+    finally:
+        _narrow.reset(token)
+
+
 class OnnxModel:
     """Unit vectors from an exported model file; one session per thread count, made on first use."""
 
@@ -202,7 +221,7 @@ class OnnxModel:
     def embed(self, texts: list[str]) -> np.ndarray:
         # One text is a question (or a one-chunk page): like the torch path in kb.retrieval,
         # it runs on KB_QUERY_EMBED_THREADS threads, which beats several on a busy machine.
-        session = self._session(self._threads["single" if len(texts) == 1 else "batch"])
+        session = self._session(self._threads["single" if len(texts) == 1 or _narrow.get() else "batch"])
         encoded = self._tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="np"
         )

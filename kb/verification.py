@@ -29,6 +29,7 @@ from nltk.stem.snowball import SnowballStemmer  # the English Snowball stemmer: 
 
 from ingestion import embeddings, pipeline
 from ingestion.errors import EmbedderUnavailable
+from ingestion.onnx_model import on_single_threads
 
 # Thresholds on the cosine of all-MiniLM-L6-v2 between a claim and a source sentence, chosen
 # on the dev half of bench/verification_dev.py's pairs from the Python manual (the most claims
@@ -40,7 +41,6 @@ MIN_CONTENT_WORDS = 2  # fewer: a connective ("Here is how:"), neither claimed n
 # Below this cosine between the question and the best source sentence, there is no extractive
 # answer: kb says it found nothing rather than quote a passage that does not answer.
 EXTRACT_COSINE = 0.35
-MIN_CONTENT_WORDS = 2  # fewer: a connective ("Here is how:"), neither claimed nor cited
 
 _CITE = re.compile(r"\s*\[(\d{1,3})\]")
 _FENCE = re.compile(r"^(```|~~~)[^\n]*\n.*?^\1[ \t]*$", re.S | re.M)
@@ -80,6 +80,79 @@ _recent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _recent_lock = threading.Lock()  # checks run in several threads at once
 
 
+class _Batcher:
+    """One model call for the sentences that several answers' checks ask for at the same moment.
+
+    A web process streaming many answers checks a sentence for each of them every moment, in
+    threads of its own. Called one by one, the model's fixed cost per call (tokenising, a session
+    run, threads woken) is paid for each sentence, and the calls compete for the same cores;
+    together, one call embeds them all (bench/concurrency.py). No timer: the first caller runs
+    at once, alone, and those that arrive while the model is busy go together in the next call,
+    run by one of them. Written here: dynamic-batching libraries bring a thread, an event loop
+    or a server of their own for what is a condition and a list.
+    """
+
+    def __init__(self, embedder) -> None:
+        self.embedder = embedder
+        self.changed = threading.Condition()
+        self.waiting: list[_Asked] = []
+        self.busy = False
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        asked = _Asked(texts)
+        with self.changed:
+            self.waiting.append(asked)
+            while not asked.done:
+                if self.busy:
+                    self.changed.wait()
+                    continue
+                self.busy, batch, self.waiting = True, self.waiting, []
+                self.changed.release()
+                try:
+                    _embed_together(self.embedder, batch)
+                finally:
+                    self.changed.acquire()
+                    self.busy = False
+                    self.changed.notify_all()
+        if asked.error is not None:
+            raise asked.error
+        return asked.vectors
+
+
+@dataclass
+class _Asked:
+    texts: list[str]
+    vectors: np.ndarray | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+def _embed_together(embedder, batch: list[_Asked]) -> None:
+    """Embed all that `batch` asks in one call; each request gets its rows, or the call's error."""
+    texts = list(dict.fromkeys(t for asked in batch for t in asked.texts))
+    try:
+        with on_single_threads():  # the other answers' streams need the other cores
+            rows = np.asarray(pipeline.embed_texts(texts, embedder=embedder), dtype=np.float32)
+    except BaseException as exc:  # every caller learns it (EmbedderUnavailable: checks go on lexically)
+        for asked in batch:
+            asked.error, asked.done = exc, True
+        return
+    where = {t: i for i, t in enumerate(texts)}
+    for asked in batch:
+        asked.vectors, asked.done = rows[[where[t] for t in asked.texts]], True
+
+
+_batchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _batcher(embedder) -> _Batcher:
+    with _recent_lock:
+        batcher = _batchers.get(embedder)
+        if batcher is None:
+            batcher = _batchers[embedder] = _Batcher(embedder)
+        return batcher
+
+
 def embed(texts: list[str]) -> np.ndarray:
     """Vectors (rows) from the configured model's question embedder, those of sentences embedded lately reused."""
     embedder = embeddings.get_embedder(None, questions=True)
@@ -90,7 +163,7 @@ def embed(texts: list[str]) -> np.ndarray:
             recent.move_to_end(text)
     missing = list(dict.fromkeys(t for t in texts if t not in known))
     if missing:
-        fresh = np.asarray(pipeline.embed_texts(missing, embedder=embedder), dtype=np.float32)
+        fresh = _batcher(embedder).embed(missing)
         with _recent_lock:
             for text, row in zip(missing, fresh, strict=True):
                 recent[text] = known[text] = row
@@ -257,7 +330,7 @@ def _decide_claim(sentence: Sentence, evidence: Evidence, vector) -> None:
     scores, _ = evidence.best(vector)
     overlaps = [len(words & w) / max(len(words), 1) for w in evidence.words]
     backing = [n for n, c, o in zip(evidence.numbers, scores, overlaps, strict=True) if _supports(c, o)]
-    best = max(range(len(scores)), key=lambda k: (scores[k] + 0.2 * overlaps[k]))
+    best = max(range(len(scores)), key=lambda k: scores[k] + 0.2 * overlaps[k])
     sentence.score = round(max(scores), 4)
     sentence.supported = bool(backing) and not sentence.unknown
     if sentence.supported:
@@ -462,6 +535,10 @@ class StreamCheck:
     def add(self, piece: str) -> bool:
         """Add a piece; True when a sentence has been completed by it."""
         self.text += piece
+        return self.behind()
+
+    def behind(self) -> bool:
+        """Whether a sentence is whole that no check has decided yet."""
         return complete_prefix(self.text, self.done) > self.done
 
     def keep(self, text: str) -> None:

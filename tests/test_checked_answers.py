@@ -4,6 +4,8 @@ empty answers failed, and the same decisions in the page, the JSON API and kb_as
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -162,7 +164,9 @@ def test_the_json_api_shows_the_same_decisions_as_the_page(settings):
 
 def test_each_sentence_is_checked_while_the_answer_streams_not_at_the_end(settings):
     user, message = ask("When does the database backup run?")
-    with failing_model_server(Behaviour(tokens=INVENTED)) as (url, _):
+    # At a model's pace (a piece every half second): a check takes milliseconds, so each sentence
+    # is shown checked while the model writes the next. The text never waits for a check.
+    with failing_model_server(Behaviour(tokens=INVENTED, delay_between=0.5)) as (url, _):
         settings.KB_LLM_URL = url
         events = read_stream(user, message)
     kinds = [event for event, _ in events if event != "state"]  # "Writing…" comes first, before any token
@@ -175,3 +179,31 @@ def test_each_sentence_is_checked_while_the_answer_streams_not_at_the_end(settin
     # After each checked sentence the draft holds only what is not checked yet.
     drafts = [data for event, data in events if event == "draft"]
     assert drafts[0].startswith("The backup runs") and drafts[-1] == ""
+
+
+def test_the_text_streams_on_at_the_models_pace_while_a_slow_check_runs(settings, monkeypatch):
+    # With many answers at once, checks wait their turn for the embedding model: the reader still
+    # gets the text as fast as the model writes it, and the checked sentences as they are decided.
+    from kb import verification
+
+    real = verification.embed
+
+    def queued(texts):  # provoked: a check that waits its turn (the model here is never that busy)
+        time.sleep(1)
+        return real(texts)
+
+    monkeypatch.setattr(verification, "embed", queued)
+    user, message = ask("When does the database backup run?")
+    pieces = ["The backup runs ", "nightly at ", "02:00 [1]. ", "It keeps ", "fourteen copies [1]. ", "To restore, ",
+              "run `kb-restore --date` ", "with the date [1]."]  # fmt: skip
+    with failing_model_server(Behaviour(tokens=pieces, delay_between=0.02)) as (url, _):
+        settings.KB_LLM_URL = url
+        events = read_stream(user, message)
+    kinds = [event for event, _ in events if event not in ("state", "draft")]
+    last_token = max(i for i, kind in enumerate(kinds) if kind == "token")
+    assert kinds.index("sentence") > last_token, "a piece waited for a check"
+    assert kinds[last_token + 1 :] == ["sentence"] * 3 + ["done"]
+    sentences = [data for event, data in events if event == "sentence"]
+    assert 'class="cite"' in sentences[0] and "<mark" not in sentences[0], sentences  # decided as always
+    message.refresh_from_db()
+    assert message.status == Message.Status.COMPLETE and message.answer == "".join(pieces)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -162,3 +163,70 @@ def test_a_passage_embedded_for_the_quoted_answer_is_not_embedded_again_for_the_
     check.add("The volume keeps fourteen nightly copies [1].")
     check.ready(final=True)
     assert embedded.count(source["text"].split(". ")[0] + ".") == 1
+
+
+def _held_first_call(monkeypatch, *, callers: int, fail_second: bool = False):
+    """Record each model call's texts; the first call waits until the other callers queue behind it.
+
+    The wait only orders the threads (the real model is fast enough that they might not overlap);
+    the embedding itself is the real model's.
+    """
+    real, calls = v.pipeline.embed_texts, []
+    batcher = v._batcher(v.embeddings.get_embedder(None, questions=True))
+
+    def recorded(texts, *, embedder=None, **kwargs):
+        calls.append(list(texts))
+        if len(calls) == 1:
+            deadline = time.monotonic() + 10
+            while len(batcher.waiting) < callers - 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        elif fail_second and len(calls) == 2:
+            raise v.EmbedderUnavailable("the model went away")
+        return real(texts, embedder=embedder, **kwargs)
+
+    monkeypatch.setattr(v.pipeline, "embed_texts", recorded)
+    return calls
+
+
+def test_sentences_checked_at_the_same_moment_are_embedded_in_one_model_call(monkeypatch):
+    sentences = [[f"Sentence {uuid.uuid4().hex} number {i} about backups."] for i in range(8)]
+    alone = [v.pipeline.embed_texts(s, embedder=v.embeddings.get_embedder(None, questions=True)) for s in sentences]
+    calls = _held_first_call(monkeypatch, callers=len(sentences))
+    results: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, v.embed(sentences[i]))) for i in range(8)]
+    threads[0].start()
+    while not calls:
+        time.sleep(0.001)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # The first ran at once, alone; the seven that came while it ran went together.
+    assert [len(c) for c in calls] == [1, 7]
+    for i in range(len(sentences)):
+        assert results[i].shape == (1, 384)
+        assert abs(float(results[i][0] @ alone[i][0]) - 1) < 1e-4, "each caller gets its own sentence's vector"
+
+
+def test_a_failed_batched_call_reaches_every_caller_in_it_and_the_next_call_runs(monkeypatch):
+    sentences = [[f"Another {uuid.uuid4().hex} sentence {i}."] for i in range(4)]
+    calls = _held_first_call(monkeypatch, callers=len(sentences), fail_second=True)
+    outcome: dict[int, object] = {}
+
+    def check(i):
+        try:
+            outcome[i] = v.embed(sentences[i]).shape
+        except v.EmbedderUnavailable as exc:
+            outcome[i] = str(exc)
+
+    threads = [threading.Thread(target=check, args=(i,)) for i in range(4)]
+    threads[0].start()
+    while not calls:
+        time.sleep(0.001)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert outcome[0] == (1, 384)
+    assert [outcome[i] for i in (1, 2, 3)] == ["the model went away"] * 3
+    assert v.embed([f"Later {uuid.uuid4().hex}."]).shape == (1, 384)  # nobody is left holding the model

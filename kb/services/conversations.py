@@ -389,6 +389,11 @@ async def message_answer(
     check = verification.StreamCheck(sources, verification.embed)
     # Off the event loop: embedding a sentence is CPU work that other streams must not wait for.
     ready = sync_to_async(check.ready, thread_sensitive=False)
+    # The check under way, if any. The text streams on while a sentence is checked: with many
+    # answers at once checks queue for the model, and the reader still reads at the model's pace
+    # (the page shows the unchecked rest as a draft); each answer's checks run one at a time.
+    checking: asyncio.Future | None = None
+    looped = ""  # the text kept once the model repeats itself
     # The model may take minutes: the connection this thread holds goes back now, not when the
     # request (or the task) that asked ends (bench/concurrency.py).
     await sync_to_async(connection_release)()
@@ -404,14 +409,17 @@ async def message_answer(
                 if guard.feed(piece):
                     logger.info("message %s: the model repeats itself; generation stops", message.pk)
                     pieces, status, error = [guard.text[: guard.cut]], Message.Status.INCOMPLETE, LOOPING
-                    check.keep(pieces[0])
+                    looped = pieces[0]
                     break  # leaving the block closes the model stream: generation stops
                 pieces.append(piece)
                 yield piece
-                if check.add(piece):
-                    for decided in await ready():
-                        if checked:
-                            yield decided
+                check.add(piece)
+                if checking is not None and checking.done():
+                    decided, checking = checking.result(), None
+                    for sentence in decided if checked else ():
+                        yield sentence
+                if checking is None and check.behind():
+                    checking = asyncio.ensure_future(ready())
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + STOP_POLL_SECONDS
                     if await _stop_requested(message):
@@ -423,11 +431,19 @@ async def message_answer(
     except (asyncio.CancelledError, GeneratorExit):
         # The reader went away (cancelled while awaiting the model, or closed while its
         # consumer waited to send): the model stream is closed above; keep what arrived.
+        if checking is not None:
+            checking.cancel()  # its thread finishes the sentence; nobody waits for it
         await sync_to_async(message_finish)(
             message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE, error=DISCONNECTED,
             sources=sources,
         )  # fmt: skip
         raise
+    if checking is not None:
+        decided = await checking
+        for sentence in decided if checked else ():
+            yield sentence
+    if looped:
+        check.keep(looped)  # after the check under way: it may have decided past the cut
     if "".join(pieces).strip():
         for decided in await ready(final=True):
             if checked:
