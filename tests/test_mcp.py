@@ -21,9 +21,11 @@ from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from kb import selectors
+from kb.access import system_user
 from kb.api import answers
 from kb.models import Chunk, Message
 from kb.services.conversations import DISCONNECTED, NO_SOURCE_ANSWER
+from kb.services.documents import document_delete
 from kb.services.tokens import api_token_create
 from tests.corpus import BACKUPS, VACATION
 from tests.factories import add_document, make_collection, make_user
@@ -111,8 +113,20 @@ def test_list_collections_is_exactly_what_the_token_owner_reads(web_server, worl
         result = call(web_server, world[f"{user}_token"], "list_collections")
         assert not result.is_error
         assert result.structured_content["collections"] == [
-            {"id": world[collection].pk, "name": collection, "description": "", "role": "viewer"}
+            {"id": world[collection].pk, "name": collection, "description": "", "role": "viewer", "documents": 1}
         ]
+
+
+def test_list_collections_counts_only_the_documents_search_can_use(web_server, world):
+    ops = world["ops"]
+    add_document(ops, "restore.md", "# Restore\n\nStop the application, then run the restore script.\n")
+    add_document(ops, "queued.md", "# Queued\n\nNot processed yet.\n", process=False)
+    document_delete(user=system_user(), document=add_document(ops, "gone.md", "# Gone\n\nDeleted.\n"))
+    empty = make_collection("empty", viewer=[world["alice"]])
+    result = call(web_server, world["alice_token"], "list_collections")
+    counted = {c["name"]: c["documents"] for c in result.structured_content["collections"]}
+    assert counted == {"empty": 0, "ops": 2}, "queued and deleted documents are not there to find"
+    assert empty.pk in {c["id"] for c in result.structured_content["collections"]}
 
 
 def test_search_finds_passages_only_in_collections_the_owner_reads(web_server, world):

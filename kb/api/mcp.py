@@ -139,6 +139,7 @@ class CollectionInfo(BaseModel):
     name: str
     description: str
     role: Literal["viewer", "editor", "owner"] = Field(description="Your role in it.")
+    documents: int = Field(description="Its documents ready to search and cite now (0: nothing to find in it yet).")
 
 
 class CollectionList(BaseModel):
@@ -148,14 +149,15 @@ class CollectionList(BaseModel):
 def _collection_list(caller: Caller) -> CollectionList:
     user = caller.user
     return CollectionList(collections=[
-        CollectionInfo(id=c.pk, name=c.name, description=c.description, role=access.role_for(user, c))
-        for c in selectors.collection_list(user=user).order_by("name")
+        CollectionInfo(id=c.pk, name=c.name, description=c.description, role=access.role_for(user, c),
+                       documents=c.documents_ready)
+        for c in selectors.collection_list_counted(user=user).order_by("name")
     ])  # fmt: skip
 
 
 @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
 async def list_collections(ctx: Context) -> CollectionList:
-    """List the knowledge base's collections that you can read: id, name, description and your role.
+    """List the knowledge base's collections that you can read: id, name, description, your role and its documents.
 
     Searching and asking cover all of them unless you name some by id.
     """
