@@ -48,6 +48,8 @@ _FENCE = re.compile(r"^(```|~~~)[^\n]*\n.*?^\1[ \t]*$", re.S | re.M)
 # between list items and paragraphs. Abbreviations and version numbers ("e.g.", "3.11") do not
 # end one: the next character after them is not a space and a capital.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(`*\[]?[A-Z0-9])|\n\s*\n|\n(?=\s*(?:[-*+]|\d+[.)])\s)")
+# Every sentence end and code fence above holds one of these: without one, nothing is whole yet.
+_MAY_END = re.compile(r"[.!?\n`~]")
 _LIST_MARK = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+|^#+\s+")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_'-]+")
 # What a model invents: call syntax, dotted names, snake_case and CamelCase names, options, numbers.
@@ -539,6 +541,10 @@ class StreamCheck:
 
     def behind(self) -> bool:
         """Whether a sentence is whole that no check has decided yet."""
+        # Asked at every piece: a text with no mark that can end a sentence or a code block since
+        # the last decided one (a long list, say) is not scanned again and again from its start.
+        if _MAY_END.search(self.text, self.done) is None:
+            return False
         return complete_prefix(self.text, self.done) > self.done
 
     def keep(self, text: str) -> None:

@@ -7,6 +7,7 @@ which streams slowly on purpose so that a test can join, leave or resume mid-ans
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -144,19 +145,25 @@ def test_a_second_reader_joins_and_a_reconnect_resumes_after_its_last_event(sett
     assert len(record.requests) == 1
 
 
-def test_a_page_that_connects_after_the_answer_ended_still_gets_it_piece_by_piece(settings):
-    # A warm model can finish a short answer before the browser has swapped in the page and
-    # connected (a Regenerate, say): the page gets the pieces a live reader got, then the end.
+@contextmanager
+def an_answer_that_ended_before_its_page(settings):
+    """(web, user, message, the model's record): a question posted and answered with no page reading."""
     user, collection = reader_of_backups()
     with failing_model_server(Behaviour(tokens=WORDS)) as (url, record):
         settings.KB_LLM_URL = url
         with kb_web_server(env={"KB_ANSWER_ATTACH_SECONDS": "30"}) as web:
-            message = post_question(web, user, collection)
-            message = wait_for_status(message, Message.Status.COMPLETE)
-            with stream(web, user, message) as response:
-                late = list(events(response.iter_lines()))
-            with stream(web, user, message, **{"Last-Event-ID": late[2][1]}) as response:
-                reconnected = list(events(response.iter_lines()))
+            message = wait_for_status(post_question(web, user, collection), Message.Status.COMPLETE)
+            yield web, user, message, record
+
+
+def test_a_page_that_connects_after_the_answer_ended_still_gets_it_piece_by_piece(settings):
+    # A warm model can finish a short answer before the browser has swapped in the page and
+    # connected (a Regenerate, say): the page gets the pieces a live reader got, then the end.
+    with an_answer_that_ended_before_its_page(settings) as (web, user, message, record):
+        with stream(web, user, message) as response:
+            late = list(events(response.iter_lines()))
+        with stream(web, user, message, **{"Last-Event-ID": late[2][1]}) as response:
+            reconnected = list(events(response.iter_lines()))
     assert [d for e, _, d in late if e == "token"] == WORDS
     assert [d for e, _, d in reconnected if e == "token"] == WORDS[3:]  # after its last event, none twice
     assert late[-1][0] == reconnected[-1][0] == "done" and "w39" in late[-1][2]
@@ -164,13 +171,8 @@ def test_a_page_that_connects_after_the_answer_ended_still_gets_it_piece_by_piec
 
 
 def test_a_page_that_connects_after_the_relay_expired_gets_the_final_answer(settings):
-    user, collection = reader_of_backups()
-    with failing_model_server(Behaviour(tokens=WORDS)) as (url, _):
-        settings.KB_LLM_URL = url
-        with kb_web_server(env={"KB_ANSWER_ATTACH_SECONDS": "30"}) as web:
-            message = post_question(web, user, collection)
-            message = wait_for_status(message, Message.Status.COMPLETE)
-            redis.Redis.from_url(settings.REDIS_URL).delete(message.stream_key)  # as KEEP_SECONDS does
-            with stream(web, user, message) as response:
-                seen = list(events(response.iter_lines()))
+    with an_answer_that_ended_before_its_page(settings) as (web, user, message, _):
+        redis.Redis.from_url(settings.REDIS_URL).delete(message.stream_key)  # as KEEP_SECONDS does
+        with stream(web, user, message) as response:
+            seen = list(events(response.iter_lines()))
     assert [e for e, _, _ in seen] == ["done"] and "w39" in seen[0][2]

@@ -188,12 +188,8 @@ def _held_first_call(monkeypatch, *, callers: int, fail_second: bool = False):
     return calls
 
 
-def test_sentences_checked_at_the_same_moment_are_embedded_in_one_model_call(monkeypatch):
-    sentences = [[f"Sentence {uuid.uuid4().hex} number {i} about backups."] for i in range(8)]
-    alone = [v.pipeline.embed_texts(s, embedder=v.embeddings.get_embedder(None, questions=True)) for s in sentences]
-    calls = _held_first_call(monkeypatch, callers=len(sentences))
-    results: dict[int, object] = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, v.embed(sentences[i]))) for i in range(8)]
+def _first_then_the_rest(threads: list[threading.Thread], calls: list) -> None:
+    """Start the first thread; once its model call is under way, the others; wait for all."""
     threads[0].start()
     while not calls:
         time.sleep(0.001)
@@ -201,6 +197,16 @@ def test_sentences_checked_at_the_same_moment_are_embedded_in_one_model_call(mon
         thread.start()
     for thread in threads:
         thread.join(30)
+
+
+def test_sentences_checked_at_the_same_moment_are_embedded_in_one_model_call(monkeypatch):
+    sentences = [[f"Sentence {uuid.uuid4().hex} number {i} about backups."] for i in range(8)]
+    alone = [v.pipeline.embed_texts(s, embedder=v.embeddings.get_embedder(None, questions=True)) for s in sentences]
+    calls = _held_first_call(monkeypatch, callers=len(sentences))
+    results: dict[int, object] = {}
+    _first_then_the_rest(
+        [threading.Thread(target=lambda i=i: results.__setitem__(i, v.embed(sentences[i]))) for i in range(8)], calls
+    )
     # The first ran at once, alone; the seven that came while it ran went together.
     assert [len(c) for c in calls] == [1, 7]
     for i in range(len(sentences)):
@@ -219,14 +225,20 @@ def test_a_failed_batched_call_reaches_every_caller_in_it_and_the_next_call_runs
         except v.EmbedderUnavailable as exc:
             outcome[i] = str(exc)
 
-    threads = [threading.Thread(target=check, args=(i,)) for i in range(4)]
-    threads[0].start()
-    while not calls:
-        time.sleep(0.001)
-    for thread in threads[1:]:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    _first_then_the_rest([threading.Thread(target=check, args=(i,)) for i in range(4)], calls)
     assert outcome[0] == (1, 384)
     assert [outcome[i] for i in (1, 2, 3)] == ["the model went away"] * 3
     assert v.embed([f"Later {uuid.uuid4().hex}."]).shape == (1, 384)  # nobody is left holding the model
+
+
+def test_a_stream_check_knows_when_a_sentence_is_whole_and_not_before():
+    check = v.StreamCheck(SOURCES, v.embed)
+    assert not any(check.add(f"word{i} ") for i in range(300))  # a long list with no end yet
+    assert not check.add("ends here.")  # whole only once the next sentence begins
+    assert check.add(" The backup runs nightly")
+    [decided] = check.ready()
+    assert decided.sentence.text.startswith("word0")
+    assert check.text[decided.upto :].strip() == "The backup runs nightly"
+    assert not check.behind()
+    assert not check.add(" at 02:00 UTC")
+    assert check.add(".\n\n- A list item")  # a paragraph break ends it too

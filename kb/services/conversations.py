@@ -413,12 +413,13 @@ async def message_answer(
                     break  # leaving the block closes the model stream: generation stops
                 pieces.append(piece)
                 yield piece
-                check.add(piece)
+                whole = check.add(piece)  # a sentence ended that no check has decided yet
                 if checking is not None and checking.done():
                     decided, checking = checking.result(), None
                     for sentence in decided if checked else ():
                         yield sentence
-                if checking is None and check.behind():
+                    whole = check.behind()  # the check may have decided all there was
+                if checking is None and whole:
                     checking = asyncio.ensure_future(ready())
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + STOP_POLL_SECONDS
