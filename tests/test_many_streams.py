@@ -13,6 +13,7 @@ import threading
 import time
 from contextlib import aclosing
 
+import anyio
 import httpx
 import pytest
 from asgiref.sync import async_to_sync
@@ -20,7 +21,8 @@ from django.db import connection
 from django.urls import reverse
 
 from kb import answer_relay
-from kb.services.conversations import message_answer, message_answer_start, message_ask
+from kb.models import Message
+from kb.services.conversations import DISCONNECTED, message_answer, message_answer_start, message_ask
 from tests.corpus import BACKUPS
 from tests.factories import add_document, make_collection, make_user
 from tests.helpers import in_own_thread, kb_web_server, session_cookies
@@ -204,3 +206,27 @@ def test_a_hundred_and_fifty_pages_in_one_process_each_get_the_whole_answer_writ
     with failing_model_server(Behaviour(tokens=WORDS[:20], delay_between=0.05)) as (url, _):
         settings.KB_LLM_URL = url
         assert in_own_thread(async_to_sync(all_at_once)) == ["".join(WORDS[:20])] * answers
+
+
+@pytest.mark.django_db(transaction=True)  # the answer runs on an event loop in a thread of its own
+def test_an_answer_cancelled_by_an_anyio_scope_still_stores_what_arrived(settings):
+    # The MCP SDK (and any anyio caller) cancels through a cancel scope, which cancels every
+    # await after the first as well: the answer's last write must still happen, or the message
+    # stays "streaming" for good.
+    ((message, sources, history),) = claimed_answers(1)
+    got: list[str] = []
+
+    async def read_for_a_while():
+        with anyio.move_on_after(1.0):
+            async with aclosing(message_answer(message=message, sources=sources, history=history)) as pieces:
+                async for piece in pieces:
+                    got.append(piece)
+
+    # 200 pieces, one each 50 ms: the scope ends the answer about a fifth of the way through.
+    with failing_model_server(Behaviour(tokens=WORDS, delay_between=0.05)) as (url, _):
+        settings.KB_LLM_URL = url
+        in_own_thread(async_to_sync(read_for_a_while))
+    message.refresh_from_db()
+    assert 0 < len(got) < len(WORDS)
+    assert (message.status, message.error) == (Message.Status.INCOMPLETE, DISCONNECTED)
+    assert message.answer == "".join(got)

@@ -18,7 +18,6 @@ or kb's plain "found nothing" without asking the model.
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
@@ -299,25 +298,12 @@ def _start(user: User, question: str, ids: list[int] | None) -> Message:
 async def _answer(message: Message, sources: list[dict], history: list) -> None:
     """Let kb's service write the answer to its end, or to where the caller left.
 
-    message_answer stores what arrived when its reader goes away, awaiting one last write
-    as it is cancelled. The SDK cancels a call through anyio, whose cancellation strikes
-    again at every await: that write would never happen, and the message would stay
-    "streaming". So the answer runs in a plain asyncio task, cancelled once, waited for shielded.
+    The SDK cancels a call through an anyio cancel scope; message_answer's cleanup is shielded
+    from it, so what arrived is stored as for a reader who closes the page.
     """
-
-    async def drain() -> None:
-        async with aclosing(message_answer(message=message, sources=sources, history=history)) as pieces:
-            async for _ in pieces:
-                pass
-
-    task = asyncio.ensure_future(drain())
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.wait({task})
-        raise
+    async with aclosing(message_answer(message=message, sources=sources, history=history)) as pieces:
+        async for _ in pieces:
+            pass
 
 
 def _answer_json(caller: Caller, message: Message) -> Answer:

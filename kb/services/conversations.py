@@ -12,8 +12,9 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
+from contextlib import asynccontextmanager
 
+import anyio
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 
 STOPPED = "Stopped at your request."
+# The longest a cancelled answer's cleanup may take: closing the model stream, the last write.
+CLEANUP_SECONDS = 30
 NO_SOURCE_ANSWER = "I found nothing in the collections you can read that answers this question."
 
 
@@ -352,10 +355,33 @@ async def _next_piece(stream: AsyncIterator[str], message: Message):
             if await _stop_requested(message):
                 break
     except asyncio.CancelledError:
-        await _give_up(ahead)
+        with _cleanup():
+            await _give_up(ahead)
         raise
     await _give_up(ahead)
     return _STOP
+
+
+def _cleanup() -> anyio.CancelScope:
+    """A scope for what an answer must still do once it is cancelled: end the model stream, store the answer.
+
+    asyncio cancels a task once, and the awaits of its cleanup run. A caller through anyio (the
+    MCP SDK, Starlette's task groups) cancels with a cancel scope, which cancels every later
+    await as well: the model stream would be closed while still being read ("asynchronous
+    generator is already running") and the message left "streaming" for good. anyio's shield
+    lets the cleanup finish either way, within CLEANUP_SECONDS.
+    """
+    return anyio.move_on_after(CLEANUP_SECONDS, shield=True)
+
+
+@asynccontextmanager
+async def _closing(stream):
+    """contextlib.aclosing, with the close shielded from a cancel scope's repeated cancellation."""
+    try:
+        yield stream
+    finally:
+        with _cleanup():
+            await stream.aclose()
 
 
 async def _give_up(ahead: asyncio.Future) -> None:
@@ -398,7 +424,7 @@ async def message_answer(
     # request (or the task) that asked ends (bench/concurrency.py).
     await sync_to_async(connection_release)()
     try:
-        async with aclosing(answering.astream_answer(message.question, sources, history)) as stream:
+        async with _closing(answering.astream_answer(message.question, sources, history)) as stream:
             while True:
                 piece = await _next_piece(stream, message)
                 if piece is _STOP:
@@ -434,10 +460,11 @@ async def message_answer(
         # consumer waited to send): the model stream is closed above; keep what arrived.
         if checking is not None:
             checking.cancel()  # its thread finishes the sentence; nobody waits for it
-        await sync_to_async(message_finish)(
-            message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE, error=DISCONNECTED,
-            sources=sources,
-        )  # fmt: skip
+        with _cleanup():
+            await sync_to_async(message_finish)(
+                message=message, answer="".join(pieces), status=Message.Status.INCOMPLETE, error=DISCONNECTED,
+                sources=sources,
+            )  # fmt: skip
         raise
     if checking is not None:
         decided = await checking
