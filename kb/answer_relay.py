@@ -128,6 +128,8 @@ class _Relay:
 
     def __init__(self) -> None:
         self.queued: list[tuple[str, str, dict[str, str]]] = []  # (stream, entry id or "*", fields)
+        # Per stream, its last queued entry while that is text: the next text piece joins it.
+        self.joinable: dict[str, tuple[str, dict[str, str]]] = {}
         self.queued_sent = asyncio.get_running_loop().create_future()  # done once the queued are in Redis
         self.in_flight: asyncio.Future | None = None  # done once the batch being sent is
         self.sending: asyncio.Task | None = None
@@ -137,14 +139,29 @@ class _Relay:
         # Written to when a reader joins, so that the read under way starts again with its stream too.
         self.wake_key, self.woken = f"kb:relay:wake:{uuid.uuid4().hex}", "0"
 
-    def publish(self, stream: str, entry: str, fields: dict[str, str]) -> bool:
-        """Queue an entry for `stream`; False once relaying to it has stopped."""
+    def publish(self, stream: str, entry: str, fields: dict[str, str], *, join: bool = False) -> str | None:
+        """Queue an entry for `stream`: the id of the entry that carries it, None once relaying to it has stopped.
+
+        With `join`, a text piece that comes while its stream's previous text is still queued
+        joins that entry (and its id): the busier the process, the more pieces share an entry,
+        so Redis, the shared read and the pages' writes each handle fewer (bench/concurrency.py).
+        A process with time to spare sends each piece as it comes. Only for a writer nobody
+        reads directly: a page given a joined piece's id could not resume right after it.
+        """
         if stream in self.broken:
-            return False
+            return None
+        joinable = self.joinable.get(stream) if join else None
+        if joinable is not None and "t" in fields and len(fields) == 1:
+            joinable[1]["t"] += fields["t"]
+            return joinable[0]
         self.queued.append((stream, entry, fields))
+        if "t" in fields and len(fields) == 1:
+            self.joinable[stream] = (entry, fields)
+        else:
+            self.joinable.pop(stream, None)
         if self.sending is None or self.sending.done():
             self.sending = asyncio.ensure_future(self._send())
-        return True
+        return entry
 
     async def sent(self) -> None:
         """Wait until what is queued now is in Redis (or failed)."""
@@ -156,6 +173,7 @@ class _Relay:
         while self.queued:
             batch, done = self.queued, self.queued_sent
             self.queued, self.queued_sent = [], asyncio.get_running_loop().create_future()
+            self.joinable = {}
             self.in_flight = done
             streams = list(dict.fromkeys(stream for stream, _, _ in batch))
             try:
@@ -225,12 +243,13 @@ def _relay() -> _Relay:
 
 
 async def produce(
-    message: Message, sources: list[dict], history
+    message: Message, sources: list[dict], history, *, join: bool = False
 ) -> AsyncIterator[list[tuple[str | None, str | verification.Checked]]]:
     """Write a claimed message's answer: [(relay entry id, piece or checked sentence)], one at a time, published.
 
     A stream has one writer, so its entries are numbered 0-1, 0-2, ... here: a piece's id is
-    known at once, and the piece is queued for Redis, not waited for.
+    known at once, and the piece is queued for Redis, not waited for. `join`: text pieces may
+    share an entry (_Relay.publish), for a writer whose readers all follow the relay.
     """
     relay, stream, count = _relay(), message.stream_key, 0
 
@@ -238,7 +257,7 @@ async def produce(
         nonlocal count
         count += 1
         entry = f"0-{count}"
-        return entry if stream and relay.publish(stream, entry, fields) else None
+        return relay.publish(stream, entry, fields, join=join) if stream else None
 
     try:
         answer = message_answer(message=message, sources=sources, history=history, checked=True)
@@ -345,7 +364,8 @@ async def _write_unattended(message: Message, sources: list[dict], history) -> N
     """Write an answer nobody reads yet, stopping once its readers have all gone, or none came."""
     started = time.monotonic()
     next_check = started
-    async with aclosing(produce(message, sources, history)) as pieces:
+    # Its readers all follow the relay, each from an entry's id: pieces may share entries.
+    async with aclosing(produce(message, sources, history, join=True)) as pieces:
         async for _ in pieces:
             if time.monotonic() < next_check:
                 continue
