@@ -150,12 +150,13 @@ class _Relay:
         """
         if stream in self.broken:
             return None
-        joinable = self.joinable.get(stream) if join else None
-        if joinable is not None and "t" in fields and len(fields) == 1:
+        text = fields.keys() == {"t"}
+        joinable = self.joinable.get(stream) if join and text else None
+        if joinable is not None:
             joinable[1]["t"] += fields["t"]
             return joinable[0]
         self.queued.append((stream, entry, fields))
-        if "t" in fields and len(fields) == 1:
+        if text:
             self.joinable[stream] = (entry, fields)
         else:
             self.joinable.pop(stream, None)
